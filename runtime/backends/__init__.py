@@ -16,6 +16,7 @@ _REGISTRY: dict[str, tuple[str, str, dict[str, Any]]] = {
     "ort-cuda": ("sdrt.runtime.backends.onnxruntime", "OrtBackend", {"device": "cuda"}),
     "ort-trt": ("sdrt.runtime.backends.onnxruntime", "OrtBackend", {"device": "tensorrt"}),
     "torch": ("sdrt.runtime.backends.torch_reference", "TorchBackend", {}),
+    "trt": ("sdrt.runtime.backends.tensorrt", "TrtBackend", {}),
 }
 
 BACKEND_NAMES = tuple(_REGISTRY)
