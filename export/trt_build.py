@@ -127,7 +127,7 @@ class ShapeBucket:
         return cls(*(tuple(int(v) for v in d[k]) for k in ("batch", "height", "width")))  # type: ignore[arg-type]
 
 
-def _size(text: str) -> tuple[int, int]:
+def parse_size(text: str) -> tuple[int, int]:
     m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
     if not m:
         raise ConfigError(f"size {text!r} is not WIDTHxHEIGHT, e.g. 512x512")
@@ -141,7 +141,7 @@ def parse_bucket(text: str) -> ShapeBucket:
     (``@B`` may be omitted: batch 1).
     """
     sizes, _, batches = text.partition("@")
-    parts = [_size(p) for p in sizes.split("-")]
+    parts = [parse_size(p) for p in sizes.split("-")]
     bs = [int(b) for b in batches.split("-")] if batches else [1]
     if len(parts) not in (1, 3) or len(bs) not in (1, 3) or not all(b > 0 for b in bs):
         raise ConfigError(
