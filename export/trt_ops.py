@@ -12,7 +12,8 @@ Findings, per component and op type, with the node names that use it:
   the parser's range; the artifact will not build.
 * ``restricted``: supported with restrictions that this check cannot prove the node meets;
   reported so a person can look at those nodes, but not a failure. Restrictions it can check
-  (constant ``axes`` inputs, ``Resize`` modes, ``LayerNormalization`` outputs) are checked per
+  (constant ``axes`` inputs, ``Resize`` modes, ``Constant`` attributes, ``LayerNormalization``
+  outputs) are checked per
   node, and nodes that meet them are not reported.
 """
 
@@ -134,6 +135,8 @@ def _meets_restriction(node: Any, constants: set[str]) -> bool:
     if op in _CONSTANT_INPUT:
         i = _CONSTANT_INPUT[op]
         return len(node.input) <= i or not node.input[i] or node.input[i] in constants
+    if op == "Constant":  # "`sparse_value`, `value_string`, and `value_strings` attributes are unsupported."
+        return not {a.name for a in node.attribute} & {"sparse_value", "value_string", "value_strings"}
     if op == "LayerNormalization":  # "Only the first output `Y` is supported."
         return all(not o for o in node.output[1:])
     if op == "Resize":
