@@ -420,13 +420,13 @@ def probe_environment() -> dict[str, str]:
     cudart = import_cudart()
     device = cuda_check(cudart.cudaGetDevice(), "cudaGetDevice")
     prop = cuda_check(cudart.cudaGetDeviceProperties(device), "cudaGetDeviceProperties")
-    runtime = cuda_check(cudart.cudaRuntimeGetVersion(), "cudaRuntimeGetVersion")
+    runtime_version = cuda_check(cudart.cudaRuntimeGetVersion(), "cudaRuntimeGetVersion")
     name = prop.name.decode(errors="replace").rstrip("\0") if isinstance(prop.name, bytes) else str(prop.name)
     return {
         "tensorrt_version": str(trt.__version__),
         "compute_capability": f"{prop.major}.{prop.minor}",
         # CUDA encodes versions as 1000 * major + 10 * minor (cudaRuntimeGetVersion docs)
-        "cuda_version": f"{runtime // 1000}.{runtime % 1000 // 10}",
+        "cuda_version": f"{runtime_version // 1000}.{runtime_version % 1000 // 10}",
         "gpu_name": name,
     }
 
