@@ -13,8 +13,7 @@ Findings, per component and op type, with the node names that use it:
 * ``restricted``: supported with restrictions that this check cannot prove the node meets;
   reported so a person can look at those nodes, but not a failure. Restrictions it can check
   (constant ``axes`` inputs, ``Resize`` modes, ``Constant`` attributes, ``LayerNormalization``
-  outputs) are checked per
-  node, and nodes that meet them are not reported.
+  outputs) are checked per node, and nodes that meet them are not reported.
 """
 
 from __future__ import annotations

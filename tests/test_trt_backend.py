@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from trt_fixtures import tiny_artifact
+from trt_fixtures import open_tiny
 
 from sdrt.errors import BackendError, ConfigError, ProviderMismatchError, ShapeError
 from sdrt.export import trt_build as tb
@@ -22,8 +22,8 @@ no_gpu_only = pytest.mark.skipif(HAVE_GPU, reason="checks the error raised where
 
 
 @pytest.fixture(scope="module")
-def artifact():
-    return tiny_artifact("sd1")
+def artifact(tiny_artifacts):
+    return open_tiny(tiny_artifacts, "sd1")
 
 
 # -- config mapping ------------------------------------------------------------------

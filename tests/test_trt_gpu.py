@@ -8,7 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
-from trt_fixtures import gpu_skip_reason, tiny_artifact
+from trt_fixtures import gpu_skip_reason, open_tiny
 
 from sdrt.errors import BackendError, EngineCacheError
 from sdrt.export import trt_build as tb
@@ -25,8 +25,8 @@ FP32_TOL = 5e-3  # TensorRT enables TF32 for fp32 layers by default
 
 
 @pytest.fixture(scope="module")
-def artifact():
-    return tiny_artifact("sd1")
+def artifact(tiny_artifacts):
+    return open_tiny(tiny_artifacts, "sd1")
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from trt_fixtures import tiny_artifact
+from trt_fixtures import open_tiny
 
 from sdrt.export.trt_ops import OPS_FILE, check_model_ops, check_trt_ops, supported_ops
 
@@ -28,9 +28,8 @@ def test_support_list_is_data_with_version_and_source():
     assert all(set(v) <= {"supported", "types", "restrictions", "experimental"} for v in ops.values())
 
 
-@pytest.mark.parametrize("family", ["sd1", "sd2"])
-def test_exported_tiny_graphs_only_use_supported_ops(family):
-    report = check_trt_ops(tiny_artifact(family))
+def test_exported_tiny_graphs_only_use_supported_ops(tiny_artifacts, family):
+    report = check_trt_ops(open_tiny(tiny_artifacts, family))
     assert report.ok, "\n".join(report.lines())
     assert set(report.op_counts) == {"text_encoder", "unet", "vae_decoder"}
     assert report.op_counts["unet"]["Conv"] > 0
@@ -108,10 +107,10 @@ def test_subgraph_nodes_are_checked():
     assert unsupported == [("Unique", ("branch/inner",))]
 
 
-def test_trt_ops_report_for_verify(capsys):
+def test_trt_ops_report_for_verify(tiny_artifacts, capsys):
     from sdrt.cli_build import trt_ops_report
 
-    artifact = tiny_artifact("sd1")
+    artifact = open_tiny(tiny_artifacts, "sd1")
     assert trt_ops_report(artifact.path) is True
     out = capsys.readouterr().out
     assert "TensorRT 10.1" in out and "trt-ops: OK" in out

@@ -1,39 +1,19 @@
-"""Shared helpers for the TensorRT tests: tiny exported artifacts, made once per test process.
+"""Shared helpers for the TensorRT tests.
 
-A tiny artifact takes ~10 s to export, so every test module that needs one asks
-:func:`tiny_artifact` and gets the same directory back.
+The tiny exported artifacts come from the session fixture ``tiny_artifacts`` in
+``tests/conftest.py`` (exported once per test session, shared with the other test modules).
 """
 
 from __future__ import annotations
 
-import atexit
-import shutil
-import tempfile
-from functools import lru_cache
 from pathlib import Path
-
-import pytest
+from typing import Mapping
 
 from sdrt.runtime.manifest import Artifact
 
 
-@lru_cache(maxsize=None)
-def _root() -> Path:
-    root = Path(tempfile.mkdtemp(prefix="sdrt-trt-tests-"))
-    atexit.register(shutil.rmtree, root, True)
-    return root
-
-
-@lru_cache(maxsize=None)
-def tiny_artifact(family: str = "sd1") -> Artifact:
-    """A tiny random-weight pipeline of ``family`` exported to an artifact (cached per process)."""
-    pytest.importorskip("torch")
-    pytest.importorskip("diffusers")
-    from sdrt.export.artifact import export_artifact
-    from sdrt.export.tiny import make_tiny_pipeline
-
-    model = make_tiny_pipeline(_root() / f"model-{family}", family)
-    return export_artifact(model, _root() / f"artifact-{family}").artifact
+def open_tiny(tiny_artifacts: Mapping[str, Path], family: str = "sd1") -> Artifact:
+    return Artifact.open(tiny_artifacts[family])
 
 
 def gpu_skip_reason() -> str | None:
