@@ -68,4 +68,4 @@ def diffusers_generate(pipe: Any, req: GenerationRequest, init_latents: np.ndarr
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     """Peak signal-to-noise ratio in dB of images in [0, 1]: 10 log10(1 / MSE)."""
     mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10.0 * np.log10(1.0 / mse)
+    return float("inf") if mse == 0 else float(10.0 * np.log10(1.0 / mse))

@@ -127,7 +127,7 @@ class Pipeline:
 
         denoise = make_denoiser(model_fn, schedule, m.prediction_type)
         t = clock()
-        x = sampler.fn(denoise, x, schedule.sigmas, rng=rng, callback=callback)
+        x = sampler.run(denoise, x, schedule, rng=rng, callback=callback)
         latents = final_latents(x, schedule).astype(np.float32)
         timings["sampling"] = clock() - t
         timings["sampler_overhead"] = timings["sampling"] - timings["unet"]
