@@ -521,8 +521,7 @@ def build_engines(
     if unknown:
         raise ConfigError(f"unknown components {unknown}; this artifact has {list(artifact.manifest.components)}")
     buckets = config.resolved_buckets(artifact)
-    import_tensorrt()
-    env = probe_environment()
+    env = probe_environment()  # imports TensorRT: a BackendError with the install hint without it
     out = engine_dir(artifact, config.engine_dir)
     out.mkdir(parents=True, exist_ok=True)
     timing_cache = out / TIMING_CACHE if config.timing_cache else None

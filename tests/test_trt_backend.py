@@ -89,6 +89,11 @@ def test_trt_backend_is_registered(artifact):
     assert backend.engine_dir == artifact.path / "trt"
 
 
+def test_trt_backend_rejects_cpu_thread_option(artifact):
+    with pytest.raises(ConfigError, match="drop --threads"):
+        create_backend("trt", artifact, threads=4)
+
+
 @no_gpu_only
 def test_trt_backend_load_without_tensorrt(artifact):
     backend = create_backend("trt", artifact)

@@ -32,7 +32,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from sdrt.errors import ArtifactError, BackendError, EngineCacheError
+from sdrt.errors import ArtifactError, BackendError, ConfigError, EngineCacheError
 
 from ..manifest import Artifact
 from ..specs import ComponentSpec
@@ -103,8 +103,13 @@ class TrtBackend(Backend):
         engine_dir: str | Path | None = None,
         cuda_graphs: bool = True,
         precision: str | None = None,
+        threads: int | None = None,
     ):
         super().__init__(artifact)
+        if threads:
+            raise ConfigError(
+                f"--threads {threads} sets ONNX Runtime CPU threads; the trt backend runs on the GPU, drop --threads"
+            )
         trt_build = _build_module()
         self.engine_dir = trt_build.engine_dir(artifact, engine_dir)
         self.cuda_graphs = cuda_graphs
@@ -196,21 +201,29 @@ class TrtBackend(Backend):
             raise BackendError(f"{self.name}: could not create an execution context for {eng.path}")
         assert self._activation is not None
         context.set_device_memory(self._activation.ptr, self._activation.nbytes)
-        context.set_optimization_profile_async(profile, _handle(self._stream))
         buffers: dict[str, _DeviceBuffer] = {}
         state = _ShapeState(context, profile, buffers, {}, {})
+        where = f"{self.name}: {eng.spec.name}"
         try:
+            if not context.set_optimization_profile_async(profile, _handle(self._stream)):
+                raise BackendError(f"{where}: TensorRT could not switch to optimization profile {profile}")
             for name, shape in shapes.items():
                 if not context.set_input_shape(name, shape):
-                    raise BackendError(f"{self.name}: {eng.spec.name}: TensorRT rejected shape {shape} for {name}")
+                    raise BackendError(f"{where}: TensorRT rejected shape {shape} for {name}")
                 buffers[name] = _DeviceBuffer(self._cudart, int(np.prod(shape)) * feeds[name].itemsize)
             for name in eng.spec.output_names:
                 shape = tuple(context.get_tensor_shape(name))
+                if any(d < 0 for d in shape):
+                    raise BackendError(
+                        f"{where}: output {name} has data-dependent shape {shape}, which this backend "
+                        f"does not support; use --backend ort-cuda"
+                    )
                 dtype = np.dtype(trt.nptype(eng.engine.get_tensor_dtype(name)))
                 state.output_shapes[name], state.output_dtypes[name] = shape, dtype
                 buffers[name] = _DeviceBuffer(self._cudart, int(np.prod(shape)) * dtype.itemsize)
             for name, buf in buffers.items():
-                context.set_tensor_address(name, buf.ptr)
+                if not context.set_tensor_address(name, buf.ptr):
+                    raise BackendError(f"{where}: TensorRT rejected the device address of {name}")
         except BaseException:
             self._free_state(state)
             raise
@@ -230,16 +243,22 @@ class TrtBackend(Backend):
             # demo/Diffusion Engine.infer does the same).
             if not state.context.execute_async_v3(stream):
                 raise BackendError(f"{self.name}: {eng.spec.name}: execute_async_v3 failed")
+            off = "run with CUDA graphs off (TrtBackend(cuda_graphs=False))"
             trt_build.cuda_check(
                 cudart.cudaStreamBeginCapture(self._stream, cudart.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal),
                 "cudaStreamBeginCapture",
             )
-            ok = state.context.execute_async_v3(stream)
-            graph = trt_build.cuda_check(cudart.cudaStreamEndCapture(self._stream), "cudaStreamEndCapture")
-            if not ok or graph is None:
+            try:
+                ok = state.context.execute_async_v3(stream)
+            finally:
+                # End the capture whatever happened, or the stream stays unusable.
+                err, graph = cudart.cudaStreamEndCapture(self._stream)
+            if not ok or err != cudart.cudaError_t.cudaSuccess or graph is None:
+                if graph is not None:
+                    cudart.cudaGraphDestroy(graph)
                 raise BackendError(
-                    f"{self.name}: {eng.spec.name}: TensorRT could not be captured into a CUDA graph; "
-                    f"run with CUDA graphs off (TrtBackend(cuda_graphs=False) / --no-cuda-graphs)"
+                    f"{self.name}: {eng.spec.name}: TensorRT's enqueue could not be captured into a CUDA "
+                    f"graph ({err}); {off}"
                 )
             state.graph = graph
             state.graph_exec = trt_build.cuda_check(cudart.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
