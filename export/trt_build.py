@@ -297,6 +297,7 @@ class EngineKey:
     cuda_version: str  # CUDA runtime version, e.g. "12.4"
     build_options: dict[str, Any] = field(default_factory=dict)
     gpu_name: str = ""  # informational, not compared
+    cuda_driver: str = ""  # informational, not compared
     format: int = KEY_FORMAT
 
     def to_json(self) -> dict[str, Any]:
@@ -304,6 +305,7 @@ class EngineKey:
             "format": self.format,
             **{f: getattr(self, f) for f in KEY_FIELDS},
             "gpu_name": self.gpu_name,
+            "cuda_driver": self.cuda_driver,
         }
 
 
@@ -415,12 +417,17 @@ def cuda_check(result: Any, what: str) -> Any:
 
 
 def probe_environment() -> dict[str, str]:
-    """TensorRT version, GPU compute capability and CUDA version of this machine (device 0 or current)."""
+    """TensorRT version, GPU compute capability and CUDA version of this machine (current device).
+
+    ``cuda_version`` is the CUDA runtime version cuda-python reports (part of the cache key);
+    ``gpu_name`` and ``cuda_driver`` (the newest CUDA the driver supports) are informational.
+    """
     trt = import_tensorrt()
     cudart = import_cudart()
     device = cuda_check(cudart.cudaGetDevice(), "cudaGetDevice")
     prop = cuda_check(cudart.cudaGetDeviceProperties(device), "cudaGetDeviceProperties")
     runtime_version = cuda_check(cudart.cudaRuntimeGetVersion(), "cudaRuntimeGetVersion")
+    driver_version = cuda_check(cudart.cudaDriverGetVersion(), "cudaDriverGetVersion")
     name = prop.name.decode(errors="replace").rstrip("\0") if isinstance(prop.name, bytes) else str(prop.name)
     return {
         "tensorrt_version": str(trt.__version__),
@@ -428,6 +435,7 @@ def probe_environment() -> dict[str, str]:
         # CUDA encodes versions as 1000 * major + 10 * minor (cudaRuntimeGetVersion docs)
         "cuda_version": f"{runtime_version // 1000}.{runtime_version % 1000 // 10}",
         "gpu_name": name,
+        "cuda_driver": f"{driver_version // 1000}.{driver_version % 1000 // 10}",
     }
 
 
@@ -543,6 +551,7 @@ def build_engines(
             cuda_version=env["cuda_version"],
             build_options=config.build_options(),
             gpu_name=env["gpu_name"],
+            cuda_driver=env["cuda_driver"],
         )
         plan, kpath = engine_path(out, name), key_path(out, name)
         if not config.force and plan.is_file() and kpath.is_file():
