@@ -24,8 +24,13 @@ def available_backends() -> list[str]:
             names.append("ort-trt")
     except ImportError:
         pass
-    if importlib.util.find_spec("tensorrt") is not None:
-        names.append("trt")
+    try:  # tensorrt-stubs alone installs an importable, empty `tensorrt` namespace
+        import tensorrt
+
+        if hasattr(tensorrt, "Builder"):
+            names.append("trt")
+    except ImportError:
+        pass
     if all(importlib.util.find_spec(m) is not None for m in ("torch", "diffusers", "transformers")):
         names.append("torch")
     return names

@@ -3,6 +3,7 @@ library. It can do nothing the Python API cannot."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 import warnings
@@ -17,8 +18,24 @@ from sdrt.errors import SdrtError, ToleranceError
 SAMPLER_NAMES = ("euler", "euler_a", "ddim", "dpmpp_2m", "dpmpp_2m_karras")
 
 
+# Commands whose modules import heavier packages load only when invoked.
+LAZY_COMMANDS = {
+    "build": ("sdrt.cli_build", "build_cmd"),
+}
+
+
 class _Group(click.Group):
-    """Turns sdrt's typed errors into one line on stderr and their exit code."""
+    """Turns sdrt's typed errors into one line on stderr and their exit code, and loads the
+    commands in LAZY_COMMANDS on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, name: str) -> Optional[click.Command]:
+        if name in LAZY_COMMANDS and name not in self.commands:
+            module, attr = LAZY_COMMANDS[name]
+            self.add_command(getattr(importlib.import_module(module), attr), name)
+        return super().get_command(ctx, name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:

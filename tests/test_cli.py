@@ -71,6 +71,17 @@ def test_export_is_skipped_when_fingerprint_matches(tiny_model_dirs, tiny_artifa
 def test_info_and_verify(tiny_artifacts, tiny_model_dirs):
     r = run("info", tiny_artifacts["sd2"])
     assert r.exit_code == 0 and "v_prediction" in r.output and "unet.onnx" in r.output
+    from sdrt.runtime.info import available_backends
+
+    backends = available_backends()
+    assert "ort-cpu" in backends
+    try:  # tensorrt-stubs (installed for the API-surface test) must not count as TensorRT
+        import tensorrt
+
+        real_trt = hasattr(tensorrt, "Builder")
+    except ImportError:
+        real_trt = False
+    assert ("trt" in backends) == real_trt
     r = run("verify", "--artifact", tiny_artifacts["sd2"], "--model", tiny_model_dirs["sd2"], "--json",
             "--steps", "4")
     assert r.exit_code == 0, r.output
