@@ -56,16 +56,19 @@ def output_paths(output: str | os.PathLike[str], count: int) -> list[Path]:
 
 
 def check_writable(path: Path) -> None:
-    """Fail before any model runs if ``path`` cannot be written."""
-    parent = path.parent if str(path.parent) else Path(".")
+    """Fail before any model runs if ``path`` cannot be written: try creating a file beside it."""
+    parent = path.parent
     if path.is_dir():
         raise OutputError(f"output {path} is a directory; give a file name ending in .png")
     if not parent.is_dir():
         raise OutputError(f"output directory {parent} does not exist; create it or choose another --output")
-    if not os.access(parent, os.W_OK):
-        raise OutputError(f"output directory {parent} is not writable; choose another --output")
     if path.exists() and not os.access(path, os.W_OK):
         raise OutputError(f"output file {path} exists and is not writable; choose another --output")
+    try:
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=f".{path.name}.", suffix=".probe"):
+            pass
+    except OSError as e:
+        raise OutputError(f"output directory {parent} is not writable ({e.strerror}); choose another --output") from e
 
 
 def save_png(path: str | os.PathLike[str], image: np.ndarray, parameters: str) -> Path:
@@ -74,16 +77,19 @@ def save_png(path: str | os.PathLike[str], image: np.ndarray, parameters: str) -
     check_writable(path)
     info = PngImagePlugin.PngInfo()
     info.add_text("parameters", parameters)
-    fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.", suffix=".tmp")
+    tmp = ""
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             Image.fromarray(image).save(f, format="PNG", pnginfo=info)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp:
+            Path(tmp).unlink(missing_ok=True)
         raise OutputError(f"could not write {path} ({e.strerror}); choose another --output") from e
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp:
+            Path(tmp).unlink(missing_ok=True)
         raise
     return path

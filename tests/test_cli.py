@@ -119,13 +119,25 @@ def test_generate_bad_input(tiny_artifacts, extra, code, needles):
     assert_one_line_error(r, code, *needles)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
 def test_generate_unwritable_output(tiny_artifacts, tmp_path):
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    ro.chmod(0o500)
-    r = run(*GEN, "--artifact", tiny_artifacts["sd1"], "--output", ro / "x.png")
-    assert_one_line_error(r, 1, "not writable")
+    """Refused before any model runs: a read-only directory (as root too: sysfs/procfs)."""
+    if os.geteuid() == 0:
+        target = Path("/proc/sdrt-test.png")
+    else:
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o500)
+        target = ro / "x.png"
+    r = run(*GEN, "--artifact", tiny_artifacts["sd1"], "--output", target)
+    assert_one_line_error(r, 1, "not writable", "choose another --output")
+
+
+def test_long_prompt_warns_how_many_tokens_were_dropped(tiny_artifacts, tmp_path):
+    prompt = " ".join(["red"] * 80)  # 80 tokens + BOS/EOS > 77
+    r = run("generate", prompt, "--steps", "1", "--artifact", tiny_artifacts["sd1"], "--output", tmp_path / "l.png")
+    assert r.exit_code == 0, r.output
+    warning = [ln for ln in r.output.splitlines() if ln.startswith("warning:")]
+    assert len(warning) == 1 and "5 tokens dropped" in warning[0], r.output
 
 
 def test_generate_output_is_a_directory(tiny_artifacts, tmp_path):
