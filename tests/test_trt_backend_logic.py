@@ -1,9 +1,12 @@
-"""TrtBackend's bookkeeping, run against recording stand-ins for ``tensorrt`` and ``cudart``.
+"""TrtBackend's and build_engines' bookkeeping, run against recording stand-ins for
+``tensorrt``, ``cudart`` and Polygraphy's ``engine_bytes_from_network``.
 
 These stand-ins are NOT TensorRT: their "engines" compute a trivial function in numpy over a
 dict that plays device memory. They check what the backend does with the APIs (key check
 before deserialization, one context + buffers per shape key, one shared activation allocation,
-capture once then replay, host<->device copy directions, everything freed on close), not
+capture once then replay, host<->device copy directions, everything freed on close; the build
+hands the right profiles / precision / options to real Polygraphy loader objects and skips
+unchanged engines), not
 numerics or real TensorRT behaviour: that is ``test_trt_gpu.py``'s job, on a GPU.
 """
 
@@ -316,3 +319,72 @@ def test_shapes_outside_every_profile(fake):
     with TrtBackend(fake.artifact, engine_dir=fake.dir) as backend:
         with pytest.raises(BackendError, match="outside every optimization profile"):
             backend.run("unet", _unet_feeds(fake.artifact, size=40))
+
+
+# -- build orchestration (Polygraphy's engine_bytes_from_network replaced by a recorder) ------
+
+
+@pytest.fixture
+def recorded_builds(monkeypatch, tiny_artifacts):
+    import polygraphy.backend.trt as ptrt
+
+    calls = []
+
+    def engine_bytes_from_network(network, config=None, save_timing_cache=None):
+        calls.append({"network": network, "config": config, "timing_cache": save_timing_cache})
+        return b"serialized:" + network.path.encode()
+
+    monkeypatch.setattr(ptrt, "engine_bytes_from_network", engine_bytes_from_network)
+    monkeypatch.setattr(tb, "probe_environment", lambda: dict(ENV))
+    return open_tiny(tiny_artifacts, "sd1"), calls
+
+
+def test_build_passes_profiles_precision_and_options_to_polygraphy(recorded_builds, tmp_path):
+    artifact, calls = recorded_builds
+    config = tb.BuildConfig(
+        buckets=(tb.parse_bucket("16x16@1"), tb.parse_bucket("8x8-16x16-32x32@1-1-2")),
+        vae_fp32=True, optimization_level=4, refit=True, engine_dir=tmp_path,
+    )
+    result = tb.build_engines(artifact, config)
+    assert [c["network"].path for c in calls] == [str(artifact.component_path(n)) for n in artifact.manifest.components]
+    by_file = {c["network"].path.rsplit("/", 1)[-1]: c for c in calls}
+    unet_config = by_file["unet.onnx"]["config"]
+    assert unet_config.fp16 is True and by_file["vae_decoder.onnx"]["config"].fp16 is False
+    assert unet_config.builder_optimization_level == 4 and unet_config.refittable is True
+    assert len(unet_config.profiles) == 2
+    expected = tb.component_profiles(artifact.manifest.components["unet"], config.buckets,
+                                     vae_scale_factor=artifact.manifest.vae_scale_factor)
+    for profile, want in zip(unet_config.profiles, expected):
+        for name, (lo, opt, hi) in want.items():
+            assert (tuple(profile[name].min), tuple(profile[name].opt), tuple(profile[name].max)) == (lo, opt, hi)
+    assert all(c["timing_cache"] == str(tmp_path / tb.TIMING_CACHE) for c in calls)
+    for e in result.engines:
+        assert e.path.read_bytes() == b"serialized:" + str(artifact.component_path(e.component)).encode()
+        key = json.loads(tb.key_path(tmp_path, e.component).read_text())
+        assert key["precision"] == ("fp32" if e.component == "vae_decoder" else "fp16")
+        assert key["build_options"] == {"optimization_level": 4, "refit": True}
+        assert key["tensorrt_version"] == ENV["tensorrt_version"]
+
+
+def test_unchanged_build_is_skipped_and_changes_rebuild(recorded_builds, tmp_path):
+    artifact, calls = recorded_builds
+    config = tb.BuildConfig(buckets=(tb.parse_bucket("16x16@1"),), engine_dir=tmp_path)
+    tb.build_engines(artifact, config)
+    assert len(calls) == 3
+    again = tb.build_engines(artifact, config)
+    assert all(e.skipped for e in again.engines) and len(calls) == 3
+    tb.build_engines(artifact, tb.BuildConfig(buckets=config.buckets, engine_dir=tmp_path, vae_fp32=True))
+    assert len(calls) == 4  # only the VAE's key changed (precision)
+    tb.build_engines(artifact, tb.BuildConfig(buckets=(tb.parse_bucket("32x32@1"),), engine_dir=tmp_path,
+                                              vae_fp32=True, components=("unet",)))
+    assert len(calls) == 5  # new profile, unet only
+    tb.build_engines(artifact, tb.BuildConfig(buckets=(tb.parse_bucket("32x32@1"),), engine_dir=tmp_path,
+                                              vae_fp32=True, components=("unet",), force=True))
+    assert len(calls) == 6
+
+
+def test_no_timing_cache_option(recorded_builds, tmp_path):
+    artifact, calls = recorded_builds
+    tb.build_engines(artifact, tb.BuildConfig(buckets=(tb.parse_bucket("16x16@1"),), engine_dir=tmp_path,
+                                              timing_cache=False, components=("vae_decoder",)))
+    assert calls[0]["timing_cache"] is None and calls[0]["config"].timing_cache_path is None
