@@ -6,8 +6,8 @@ dict that plays device memory. They check what the backend does with the APIs (k
 before deserialization, one context + buffers per shape key, one shared activation allocation,
 capture once then replay, host<->device copy directions, everything freed on close; the build
 hands the right profiles / precision / options to real Polygraphy loader objects and skips
-unchanged engines), not
-numerics or real TensorRT behaviour: that is ``test_trt_gpu.py``'s job, on a GPU.
+unchanged engines), not numerics or real TensorRT behaviour: that is ``test_trt_gpu.py``'s job,
+on a GPU.
 """
 
 from __future__ import annotations
