@@ -119,13 +119,6 @@ class ShapeBucket:
 
         return f"batch {r(self.batch)}, width {r(self.width)}, height {r(self.height)}"
 
-    def to_json(self) -> dict[str, list[int]]:
-        return {"batch": list(self.batch), "height": list(self.height), "width": list(self.width)}
-
-    @classmethod
-    def from_json(cls, d: Mapping[str, Sequence[int]]) -> "ShapeBucket":
-        return cls(*(tuple(int(v) for v in d[k]) for k in ("batch", "height", "width")))  # type: ignore[arg-type]
-
 
 def parse_size(text: str) -> tuple[int, int]:
     m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
@@ -201,10 +194,6 @@ def select_profile(profiles: Sequence[Mapping[str, ShapeRange]], shapes: Mapping
 
 def profiles_to_json(profiles: Sequence[Mapping[str, ShapeRange]]) -> list[dict[str, list[list[int]]]]:
     return [{n: [list(s) for s in r] for n, r in p.items()} for p in profiles]
-
-
-def profiles_from_json(data: Sequence[Mapping[str, Sequence[Sequence[int]]]]) -> list[dict[str, ShapeRange]]:
-    return [{n: tuple(tuple(int(v) for v in s) for s in r) for n, r in p.items()} for p in data]  # type: ignore[misc]
 
 
 # ---------------------------------------------------------------------------

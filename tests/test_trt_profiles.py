@@ -91,12 +91,6 @@ def test_several_buckets_give_one_profile_each_and_selection_prefers_the_first()
     assert tb.select_profile(profiles, shapes(2, 160, 64)) == -1  # 1280 high
 
 
-def test_profiles_json_round_trip():
-    profiles = tb.component_profiles(UNET, [tb.default_dynamic_bucket(LIMITS, 512)], vae_scale_factor=8)
-    data = json.loads(json.dumps(tb.profiles_to_json(profiles)))
-    assert tb.profiles_from_json(data) == profiles
-
-
 # -- build config ---------------------------------------------------------------------
 
 
