@@ -110,6 +110,8 @@ class TrtBackend(Backend):
             raise ConfigError(
                 f"--threads {threads} sets ONNX Runtime CPU threads; the trt backend runs on the GPU, drop --threads"
             )
+        if precision not in (None, "fp16", "fp32"):
+            raise ConfigError(f"precision {precision!r} is not one of 'fp16', 'fp32' (or None: whatever was built)")
         trt_build = _build_module()
         self.engine_dir = trt_build.engine_dir(artifact, engine_dir)
         self.cuda_graphs = cuda_graphs
@@ -122,6 +124,7 @@ class TrtBackend(Backend):
         self._trt: Any = None
         self._cudart: Any = None
         self._runtime: Any = None
+        self._logger: Any = None
 
     # -- load ----------------------------------------------------------------
     def _load_impl(self) -> None:
@@ -129,8 +132,8 @@ class TrtBackend(Backend):
         trt = self._trt = trt_build.import_tensorrt()
         cudart = self._cudart = trt_build.import_cudart()
         self._env = trt_build.probe_environment()
-        logger = trt.Logger(trt.Logger.WARNING)
-        self._runtime = trt.Runtime(logger)
+        self._logger = trt.Logger(trt.Logger.WARNING)  # kept: the runtime must not outlive its logger
+        self._runtime = trt.Runtime(self._logger)
         rebuild = trt_build.rebuild_command(self.artifact.path, self.engine_dir)
         current = {f: self._env[f] for f in trt_build.ENVIRONMENT_FIELDS}
         if self.precision is not None:
@@ -319,6 +322,7 @@ class TrtBackend(Backend):
                 self._cudart.cudaStreamDestroy(self._stream)
                 self._stream = None
             self._runtime = None
+            self._logger = None
 
     def describe(self) -> dict[str, object]:
         return {
