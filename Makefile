@@ -14,7 +14,9 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[export,dev]'
 	# TensorRT's type stubs: only their .pyi text is read (API surface test); their
 	# dependency on the real tensorrt package cannot be met without NVIDIA's index.
-	$(PY) -m pip install -q --disable-pip-version-check --no-deps 'tensorrt-stubs>=10,<11'
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps tensorrt-stubs==10.13.0.35.1
+	# cuda-python imports without a GPU: lets the API-surface test check the cudart names too.
+	$(PY) -m pip install -q --disable-pip-version-check 'cuda-python>=12.6.1'
 	touch $@
 
 demo: $(VENV)/.installed

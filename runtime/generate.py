@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -22,7 +22,9 @@ class GenerateConfig:
     artifact: Path
     output: Path
     backend: str = "ort-cpu"
-    threads: Optional[int] = None
+    # Constructor options of that backend, e.g. {"threads": 2} (ort-*, torch) or
+    # {"engine_dir": ..., "cuda_graphs": False} (trt).
+    backend_options: Mapping[str, Any] = field(default_factory=dict)
 
 
 def load_init_latents(path: str | os.PathLike[str]) -> np.ndarray:
@@ -41,8 +43,7 @@ def generate_to_files(config: GenerateConfig) -> tuple[GenerationResult, list[Pa
     paths = output_paths(config.output, config.request.num_images)
     for p in paths:  # fail before loading any model
         check_writable(p)
-    options = {"threads": config.threads} if config.threads else {}
-    with Pipeline.load(config.artifact, backend=config.backend, **options) as pipe:
+    with Pipeline.load(config.artifact, backend=config.backend, **config.backend_options) as pipe:
         result = pipe.generate(config.request)
         for i, (path, image) in enumerate(zip(paths, result.images)):
             save_png(path, image, format_parameters(result.request, pipe.manifest, batch_pos=i))

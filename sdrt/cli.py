@@ -97,12 +97,16 @@ def export_cmd(model_dir: Path, out_dir: Optional[Path], max_size: Optional[int]
               help="Unit-variance noise .npy of shape (N, C, H/f, W/f), as diffusers' latents=.")
 @click.option("--output", type=click.Path(path_type=Path), default=Path("sdrt.png"), show_default=True,
               help="PNG path; several images get -0, -1, ... suffixes.")
-@click.option("--threads", type=int, default=None, help="CPU threads per model call.")
+@click.option("--threads", type=int, default=None, help="CPU threads per model call (ort-*, torch).")
+@click.option("--engine-dir", type=click.Path(path_type=Path), default=None,
+              help="trt: engines built by `sdrt build` (default ARTIFACT/trt).")
+@click.option("--cuda-graphs/--no-cuda-graphs", default=True, show_default=True,
+              help="trt: capture and replay one CUDA graph per shape.")
 @click.option("--quiet", is_flag=True)
 def generate_cmd(prompt: str, artifact: Optional[Path], backend: str, steps: int, guidance: float,
                  seed: Optional[int], sampler: str, width: Optional[int], height: Optional[int],
                  negative: str, num_images: int, init_latents: Optional[Path], output: Path,
-                 threads: Optional[int], quiet: bool) -> None:
+                 threads: Optional[int], engine_dir: Optional[Path], cuda_graphs: bool, quiet: bool) -> None:
     """Generate images for PROMPT and write PNGs (prints their paths)."""
     from sdrt.runtime.generate import GenerateConfig, generate_to_files, load_init_latents
     from sdrt.runtime.request import GenerationRequest
@@ -116,7 +120,13 @@ def generate_cmd(prompt: str, artifact: Optional[Path], backend: str, steps: int
         from sdrt.shipped import shipped_artifact
 
         artifact = shipped_artifact(progress=_progress(quiet))
-    config = GenerateConfig(request=request, artifact=artifact, output=output, backend=backend, threads=threads)
+    options: dict[str, Any] = {"threads": threads} if threads else {}
+    if backend == "trt":
+        options.update(cuda_graphs=cuda_graphs, **({"engine_dir": engine_dir} if engine_dir else {}))
+    elif engine_dir is not None or not cuda_graphs:
+        raise click.UsageError("--engine-dir and --no-cuda-graphs apply to --backend trt only")
+    config = GenerateConfig(request=request, artifact=artifact, output=output, backend=backend,
+                            backend_options=options)
     result, paths = generate_to_files(config)
     if not quiet:
         t = result.timings

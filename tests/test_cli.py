@@ -110,6 +110,7 @@ GEN = ("generate", "a red circle", "--steps", "2")
         (["--sampler", "plms"], 2, ["unknown sampler", "euler"]),
         (["--num-images", "0"], 2, ["num_images must be a positive integer"]),
         (["--backend", "tpu"], 1, ["unknown backend 'tpu'"]),
+        (["--backend", "trt", "--threads", "2"], 2, ["--threads 2 sets ONNX Runtime CPU threads"]),
         (["--output", "/nonexistent-dir/x.png"], 1, ["does not exist"]),
         (["--output", "x.jpg"], 1, ["must end in .png"]),
     ],
@@ -138,6 +139,11 @@ def test_long_prompt_warns_how_many_tokens_were_dropped(tiny_artifacts, tmp_path
     assert r.exit_code == 0, r.output
     warning = [ln for ln in r.output.splitlines() if ln.startswith("warning:")]
     assert len(warning) == 1 and "5 tokens dropped" in warning[0], r.output
+
+
+def test_trt_only_options_need_the_trt_backend(tiny_artifacts):
+    r = run(*GEN, "--artifact", tiny_artifacts["sd1"], "--no-cuda-graphs")
+    assert r.exit_code == 2 and "apply to --backend trt only" in r.output
 
 
 def test_generate_output_is_a_directory(tiny_artifacts, tmp_path):
