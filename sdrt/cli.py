@@ -21,6 +21,7 @@ SAMPLER_NAMES = ("euler", "euler_a", "ddim", "dpmpp_2m", "dpmpp_2m_karras")
 # Commands whose modules import heavier packages load only when invoked.
 LAZY_COMMANDS = {
     "build": ("sdrt.cli_build", "build_cmd"),
+    "bench": ("sdrt.cli_bench", "bench"),
 }
 
 
