@@ -24,7 +24,7 @@ from sdrt.errors import ArtifactError, ExportError, OutputError, SdrtError
 from sdrt.runtime.manifest import (
     FORMAT_VERSION,
     MANIFEST,
-    TOKENIZER_DIR,
+    TOKENIZER_DIRS,
     Artifact,
     Manifest,
     ShapeLimits,
@@ -48,9 +48,15 @@ class ExportOptions:
     max_size: int | None = None  # default: 2 x the model's native size
     max_batch: int = 8
     allow_pickle: bool = False
+    #: components exported with float16 weights (I/O stays float32): ("unet",) makes the
+    #: full-size SDXL UNet export fit 24 GiB; ONNX Runtime's CPU provider cannot run it.
+    fp16: tuple[str, ...] = ()
 
     def key_fields(self) -> dict[str, object]:
-        return {"opset": self.opset, "max_size": self.max_size, "max_batch": self.max_batch}
+        fields: dict[str, object] = {"opset": self.opset, "max_size": self.max_size, "max_batch": self.max_batch}
+        if self.fp16:  # only when set, so fp32 export keys (and existing artifacts) stay valid
+            fields["fp16"] = sorted(self.fp16)
+        return fields
 
 
 @dataclass(frozen=True)
@@ -76,8 +82,10 @@ def default_artifact_dir(model_dir: Path, fingerprint: str) -> Path:
     return engines_dir() / f"{model_dir.resolve().name}-{fingerprint.split(':')[-1][:12]}"
 
 
-def _family(tokenizer_config: dict) -> str:
-    pad = tokenizer_config.get("pad_token")
+def _family(model: LoadedModel) -> str:
+    if model.source.kind == "sdxl":
+        return "sdxl"
+    pad = model.tokenizer_config.get("pad_token")
     pad = pad.get("content") if isinstance(pad, dict) else pad
     return "sd2" if pad == "!" else "sd1"
 
@@ -94,7 +102,7 @@ def _manifest(model: LoadedModel, key: str, fingerprint: str, options: ExportOpt
     sched = model.source.scheduler_config
     return Manifest(
         model_name=model.source.name,
-        family=_family(model.tokenizer_config),
+        family=_family(model),
         fingerprint=fingerprint,
         export_key=key,
         source=str(model.source.path.resolve()),
@@ -112,8 +120,22 @@ def _manifest(model: LoadedModel, key: str, fingerprint: str, options: ExportOpt
             "opset": options.opset,
             "exporter": "torch.onnx (TorchScript, dynamo=False)",
             "versions": _versions(),
+            **({"fp16": sorted(options.fp16)} if options.fp16 else {}),
         },
+        conditioning=_conditioning(model),
     )
+
+
+def _conditioning(model: LoadedModel) -> dict[str, object]:
+    """What the runtime's SDXL prompt encoder needs beyond the specs (empty for SD 1.x / 2.x)."""
+    if model.source.kind != "sdxl":
+        return {}
+    index = model.source.pipeline_config
+    return {
+        # diffusers' StableDiffusionXLPipeline default is True
+        "force_zeros_for_empty_prompt": bool(index.get("force_zeros_for_empty_prompt", True)),
+        "addition_time_embed_dim": int(model.unet.config.addition_time_embed_dim),
+    }
 
 
 def _versions() -> dict[str, str]:
@@ -181,16 +203,24 @@ def _build(source, tmp: Path, key: str, fingerprint: str, options: ExportOptions
     model = load_source(source)
     say(f"loaded {source.path} ({time.perf_counter() - t:.1f} s)")
 
-    tok_dst = tmp / TOKENIZER_DIR
-    tok_dst.mkdir()
-    for name in TOKENIZER_FILES:
-        src = source.path / "tokenizer" / name
-        if src.is_file():
-            shutil.copy2(src, tok_dst / name)
+    for encoder, sub in TOKENIZER_DIRS.items():
+        if not (source.path / encoder).is_dir() or not (source.path / sub).is_dir():
+            continue
+        tok_dst = tmp / sub
+        tok_dst.mkdir()
+        for name in TOKENIZER_FILES:
+            src = source.path / sub / name
+            if src.is_file():
+                shutil.copy2(src, tok_dst / name)
     max_length = int(model.tokenizer_config.get("model_max_length", 77))
     if max_length > 1024:  # transformers writes a huge sentinel when the length is unset
         max_length = 77
 
+    unknown = sorted(set(options.fp16) - {"unet"})
+    if unknown:
+        raise SdrtError(f"float16 export is available for the unet only, not {unknown}")
+    if "unet" in options.fp16:
+        model.unet.half()
     specs = component_specs(model, max_length=max_length)
     manifest = _manifest(model, key, fingerprint, options, specs)
     dims = resolve_dims(

@@ -13,8 +13,15 @@ from typing import Any
 
 from sdrt.errors import ModelDirError, UnsafeCheckpointError
 
-SUPPORTED_PIPELINES = {"StableDiffusionPipeline": "sd"}
+#: diffusers pipeline class -> the kind of model sdrt exports from it
+SUPPORTED_PIPELINES = {
+    "StableDiffusionPipeline": "sd",
+    "LatentConsistencyModelPipeline": "sd",  # SD 1.x/2.x UNet distilled with LCM
+    "StableDiffusionXLPipeline": "sdxl",
+}
 REQUIRED_SUBDIRS = ("tokenizer", "text_encoder", "unet", "vae", "scheduler")
+#: extra component folders per kind
+EXTRA_SUBDIRS = {"sd": (), "sdxl": ("tokenizer_2", "text_encoder_2")}
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
 # Files that determine the exported graphs; hashed into the fingerprint.
 FINGERPRINT_SUFFIXES = (".json", ".txt", ".safetensors", *PICKLE_SUFFIXES)
@@ -27,6 +34,20 @@ class SourceModel:
     path: Path
     pipeline_class: str
     use_safetensors: bool
+
+    @property
+    def kind(self) -> str:
+        """"sd" (1.x / 2.x, one text encoder) or "sdxl" (two text encoders, added conditions)."""
+        return SUPPORTED_PIPELINES[self.pipeline_class]
+
+    @property
+    def subdirs(self) -> tuple[str, ...]:
+        return REQUIRED_SUBDIRS + EXTRA_SUBDIRS[self.kind]
+
+    @property
+    def pipeline_config(self) -> dict[str, Any]:
+        """``model_index.json`` (holds e.g. SDXL's ``force_zeros_for_empty_prompt``)."""
+        return _read_json(self.path / "model_index.json")
 
     @property
     def name(self) -> str:
@@ -43,7 +64,7 @@ class SourceModel:
         """sha256 over the relative path and bytes of every config, vocab and weight file."""
         h = hashlib.sha256()
         files = [self.path / "model_index.json"]
-        for sub in REQUIRED_SUBDIRS:
+        for sub in self.subdirs:
             files += sorted(
                 p for p in (self.path / sub).rglob("*") if p.is_file() and p.suffix in FINGERPRINT_SUFFIXES
             )
@@ -84,13 +105,14 @@ def open_source(path: str | Path, *, allow_pickle: bool = False) -> SourceModel:
     if cls not in SUPPORTED_PIPELINES:
         raise ModelDirError(
             f"{path} holds a {cls!r}; sdrt exports {sorted(SUPPORTED_PIPELINES)} "
-            f"(Stable Diffusion 1.x / 2.x in diffusers layout)"
+            f"(Stable Diffusion 1.x / 2.x / XL in diffusers layout)"
         )
-    missing = [s for s in REQUIRED_SUBDIRS if not (path / s).is_dir()]
+    kind = SUPPORTED_PIPELINES[cls]
+    missing = [s for s in REQUIRED_SUBDIRS + EXTRA_SUBDIRS[kind] if not (path / s).is_dir()]
     if missing:
-        raise ModelDirError(f"{path} is missing the component folder(s) {missing}")
+        raise ModelDirError(f"{path} ({cls}) is missing the component folder(s) {missing}")
 
-    weights_dirs = ("text_encoder", "unet", "vae")
+    weights_dirs = ("text_encoder", "unet", "vae") + (("text_encoder_2",) if kind == "sdxl" else ())
     has_safe = {s: any((path / s).glob("*.safetensors")) for s in weights_dirs}
     has_pickle = {s: any(p.suffix in PICKLE_SUFFIXES for p in (path / s).iterdir()) for s in weights_dirs}
     no_weights = [s for s in weights_dirs if not has_safe[s] and not has_pickle[s]]
@@ -115,6 +137,7 @@ class LoadedModel:
     unet: Any
     vae: Any
     tokenizer_config: dict[str, Any]
+    text_encoder_2: Any = None  # SDXL: CLIPTextModelWithProjection
 
     @property
     def vae_scale_factor(self) -> int:
@@ -132,7 +155,7 @@ def load_source(source: SourceModel) -> LoadedModel:
     try:
         import torch
         from diffusers import AutoencoderKL, UNet2DConditionModel
-        from transformers import CLIPTextModel
+        from transformers import CLIPTextModel, CLIPTextModelWithProjection
     except ImportError as e:
         raise ModelDirError(
             f"exporting needs torch, diffusers and transformers ({e}); "
@@ -151,6 +174,13 @@ def load_source(source: SourceModel) -> LoadedModel:
             text_encoder = CLIPTextModel.from_pretrained(source.path / "text_encoder", **kw).float().eval()
             unet = UNet2DConditionModel.from_pretrained(source.path / "unet", **kw).float().eval()
             vae = AutoencoderKL.from_pretrained(source.path / "vae", **kw).float().eval()
+            text_encoder_2 = None
+            if source.kind == "sdxl":
+                text_encoder_2 = (
+                    CLIPTextModelWithProjection.from_pretrained(source.path / "text_encoder_2", **kw)
+                    .float()
+                    .eval()
+                )
     except (OSError, ValueError, KeyError) as e:
         raise ModelDirError(f"could not load the model in {source.path}: {str(e).splitlines()[0]}") from e
     tok_cfg = {}
@@ -158,4 +188,4 @@ def load_source(source: SourceModel) -> LoadedModel:
         p = source.path / "tokenizer" / name
         if p.is_file():
             tok_cfg.update(_read_json(p))
-    return LoadedModel(source, text_encoder, unet, vae, tok_cfg)
+    return LoadedModel(source, text_encoder, unet, vae, tok_cfg, text_encoder_2)

@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional
@@ -16,13 +15,28 @@ from typing import Callable, Optional
 import numpy as np
 
 from sdrt.runtime.backends import create_backend
+from sdrt.runtime.backends.torch_reference import TorchBackend
 from sdrt.runtime.manifest import Artifact
 from sdrt.runtime.pipeline import Pipeline
 from sdrt.runtime.request import GenerationRequest
-from sdrt.runtime.specs import resolve_dims
+from sdrt.runtime.specs import ComponentSpec, resolve_dims
+from sdrt.runtime.tokenizer import ClipTokenizer
 
 from .onnx_export import random_feeds
 from .reference import diffusers_generate, diffusers_pipeline, psnr
+
+
+class ReferenceBackend(TorchBackend):
+    """The PyTorch reference backend, returning every output of multi-output components
+    (SDXL's text_encoder_2 gives hidden states and text_embeds)."""
+
+    def _run_impl(self, spec: ComponentSpec, feeds):  # noqa: ANN001, ANN202
+        torch = self._torch
+        args = [torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in spec.input_names]
+        with self._lock, torch.inference_mode():
+            out = self._modules[spec.name](*args)
+        outs = out if isinstance(out, tuple) else (out,)
+        return {name: o.float().numpy().copy() for name, o in zip(spec.output_names, outs)}
 
 
 @dataclass(frozen=True)
@@ -86,9 +100,9 @@ def verify_artifact(
     report = VerifyReport(artifact=str(artifact_dir), model=str(model_dir), atol=atol, min_psnr=min_psnr)
     opts = {"threads": threads} if threads else {}
     rng = np.random.default_rng(seed)
-    vocab_size = len(json.loads((artifact.tokenizer_dir / "vocab.json").read_text(encoding="utf-8")))
-    with create_backend("ort-cpu", artifact, **opts) as ort, create_backend(
-        "torch", artifact, model_dir=model_dir, **opts
+    vocab_size = ClipTokenizer.from_dir(artifact.tokenizer_dir).vocab_size
+    with create_backend("ort-cpu", artifact, **opts) as ort, ReferenceBackend(
+        artifact, model_dir=model_dir, **opts
     ) as ref:
         for batch, height, width in verify_sizes(artifact):
             dims = resolve_dims(
@@ -98,16 +112,18 @@ def verify_artifact(
                 feeds = random_feeds(spec, dims, rng, int_high=vocab_size)
                 a = ort.run(name, feeds)
                 b = ref.run(name, feeds)
-                diff = np.abs(a[spec.output_names[0]] - b[spec.output_names[0]])
-                row = ComponentDiff(
-                    component=name,
-                    shape=f"{batch}x{height}x{width}",
-                    max_abs=float(diff.max()),
-                    mean_abs=float(diff.mean()),
-                    passed=bool(diff.max() <= atol),
-                )
-                report.components.append(row)
-                say(f"{name:13s} {row.shape:>12s}  max-abs {row.max_abs:.2e}  mean-abs {row.mean_abs:.2e}")
+                for out in spec.output_names:
+                    diff = np.abs(a[out] - b[out])
+                    label = name if len(spec.outputs) == 1 else f"{name}.{out}"
+                    row = ComponentDiff(
+                        component=label,
+                        shape=f"{batch}x{height}x{width}",
+                        max_abs=float(diff.max()),
+                        mean_abs=float(diff.mean()),
+                        passed=bool(diff.max() <= atol),
+                    )
+                    report.components.append(row)
+                    say(f"{label:13s} {row.shape:>12s}  max-abs {row.max_abs:.2e}  mean-abs {row.mean_abs:.2e}")
 
     req = GenerationRequest(prompt=prompt, negative_prompt="", steps=steps, sampler=sampler, seed=seed)
     req = req.resolved(m)

@@ -4,9 +4,17 @@ Layout of an artifact::
 
     manifest.json          this module's Manifest, as JSON
     tokenizer/             vocab.json, merges.txt, tokenizer_config.json, special_tokens_map.json
+    tokenizer_2/           SDXL only: the second text encoder's tokenizer
     text_encoder.onnx      one ONNX file per component (``ComponentSpec.file``),
+    text_encoder_2.onnx    (SDXL only)
     unet.onnx              plus ``<file>.data`` when the weights exceed 2 GB
     vae_decoder.onnx
+
+Family differences are data: ``family`` picks the prompt-encoding function
+(:mod:`sdrt.runtime.conditioning`), the UNet spec lists its extra conditioning inputs, and
+``conditioning`` carries the few settings that function needs (e.g. SDXL's
+``force_zeros_for_empty_prompt``). ``conditioning`` is optional and empty for SD 1.x / 2.x, so
+their manifests are unchanged and format version 1 still describes them.
 """
 
 from __future__ import annotations
@@ -26,6 +34,9 @@ from .specs import ComponentSpec
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 TOKENIZER_DIR = "tokenizer"
+#: text-encoder component -> its tokenizer folder in the artifact
+TOKENIZER_DIRS = {"text_encoder": TOKENIZER_DIR, "text_encoder_2": "tokenizer_2"}
+FAMILIES = ("sd1", "sd2", "sdxl")
 
 
 @dataclass(frozen=True)
@@ -60,7 +71,7 @@ class ShapeLimits:
 
 @dataclass(frozen=True)
 class Manifest:
-    family: str  # "sd1", "sd2"
+    family: str  # one of FAMILIES
     fingerprint: str  # sha256 of the source weights and configs
     export_key: str  # fingerprint + export options: equal key => export is skipped
     prediction_type: str  # "epsilon" | "v_prediction"
@@ -74,11 +85,13 @@ class Manifest:
     model_name: str = ""
     source: str = ""  # source model directory at export time (informational)
     export_info: Mapping[str, Any] = field(default_factory=dict)
+    #: family-specific prompt-conditioning settings (SDXL: force_zeros_for_empty_prompt, ...)
+    conditioning: Mapping[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
     sdrt_version: str = __version__
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        d = {
             "format_version": self.format_version,
             "sdrt_version": self.sdrt_version,
             "model_name": self.model_name,
@@ -101,6 +114,9 @@ class Manifest:
             "components": {k: v.to_json() for k, v in self.components.items()},
             "export": dict(self.export_info),
         }
+        if self.conditioning:
+            d["conditioning"] = dict(self.conditioning)
+        return d
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> "Manifest":
@@ -110,6 +126,12 @@ class Manifest:
                 f"artifact format version {version!r} is not supported by sdrt {__version__} "
                 f"(which reads version {FORMAT_VERSION}); re-export the model with this sdrt "
                 f"(`sdrt export MODEL_DIR --out DIR`) or use the sdrt version that wrote it "
+                f"({d.get('sdrt_version', 'unknown')})"
+            )
+        if d.get("family") not in FAMILIES:
+            raise ArtifactError(
+                f"manifest family {d.get('family')!r} is not one this sdrt runs ({', '.join(FAMILIES)}); "
+                f"re-export the model with this sdrt or use the sdrt version that wrote it "
                 f"({d.get('sdrt_version', 'unknown')})"
             )
         try:
@@ -130,6 +152,7 @@ class Manifest:
                 scheduler=d["scheduler"],
                 components={k: ComponentSpec.from_json(v) for k, v in d["components"].items()},
                 export_info=d.get("export", {}),
+                conditioning=d.get("conditioning", {}),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ArtifactError(
@@ -148,6 +171,12 @@ class Artifact:
     @property
     def tokenizer_dir(self) -> Path:
         return self.path / TOKENIZER_DIR
+
+    def tokenizer_dirs(self) -> dict[str, Path]:
+        """Text-encoder component -> its tokenizer folder, for every text encoder present."""
+        return {
+            name: self.path / sub for name, sub in TOKENIZER_DIRS.items() if name in self.manifest.components
+        }
 
     def component_path(self, name: str) -> Path:
         return self.path / self.manifest.components[name].file
@@ -181,9 +210,9 @@ class Artifact:
         """Every file the manifest names exists and is not empty."""
         required = [self.component_path(n) for n in self.manifest.components]
         # transformers 5 saves only tokenizer.json; older tools write vocab.json + merges.txt.
-        tok = self.tokenizer_dir
-        if not (tok / "tokenizer.json").is_file():
-            required += [tok / "vocab.json", tok / "merges.txt"]
+        for tok in {self.tokenizer_dir, *self.tokenizer_dirs().values()}:
+            if not (tok / "tokenizer.json").is_file():
+                required += [tok / "vocab.json", tok / "merges.txt"]
         for p in required:
             if not p.is_file() or p.stat().st_size == 0:
                 raise ArtifactError(

@@ -15,8 +15,11 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from sdrt.errors import NumericsError
+
 from .backends import create_backend
 from .backends.base import Backend
+from .conditioning import classifier_free_guidance, unet_conditioning
 from .denoiser import make_denoiser
 from .manifest import Artifact
 from .request import GenerationRequest
@@ -41,7 +44,9 @@ class Pipeline:
         self.artifact = artifact
         self.manifest = artifact.manifest
         self.backend = backend
-        self.tokenizer = ClipTokenizer.from_dir(artifact.tokenizer_dir)
+        #: text-encoder component -> its tokenizer (SDXL has two)
+        self.tokenizers = {name: ClipTokenizer.from_dir(d) for name, d in artifact.tokenizer_dirs().items()}
+        self.tokenizer = self.tokenizers["text_encoder"]
 
     @classmethod
     def load(cls, artifact_dir: str | Path, backend: str = "ort-cpu", **backend_options: Any) -> "Pipeline":
@@ -62,6 +67,7 @@ class Pipeline:
         """Final latents -> float images (B, H, W, 3) in [0, 1]."""
         z = (latents / self.manifest.vae_scaling_factor).astype(np.float32)
         image = self.backend.run("vae_decoder", {"latent": z})["image"]
+        check_finite_image(image, latents_finite=bool(np.isfinite(latents).all()))
         image = np.clip(image / 2 + 0.5, 0.0, 1.0)
         return image.transpose(0, 2, 3, 1)
 
@@ -83,13 +89,9 @@ class Pipeline:
         t_start = clock()
 
         b = req.num_images
-        prompts = [req.negative_prompt] * b + [req.prompt] * b if req.cfg else [req.prompt] * b
-        t = clock()
-        ids = self.tokenizer(prompts).astype(np.int32)
-        timings["tokenize"] = clock() - t
-        t = clock()
-        embeddings = self.backend.run("text_encoder", {"input_ids": ids})["last_hidden_state"]
-        timings["text_encoder"] = clock() - t
+        cfg = classifier_free_guidance(req, m)
+        run = self.backend.run
+        conditioning = unet_conditioning(run, self.tokenizers, m, req, cfg, timings)
 
         sampler = get_sampler(req.sampler)
         schedule = make_schedule(m.scheduler, req.sampler, req.steps)
@@ -104,23 +106,22 @@ class Pipeline:
         x = noise * np.float32(schedule.init_noise_sigma)
 
         guidance = np.float32(req.guidance)
-        run = self.backend.run
 
         def model_fn(x_in: np.ndarray, timestep: float) -> np.ndarray:
             # Classifier-free guidance (Ho & Salimans 2022): uncond + g * (cond - uncond),
             # with the unconditional half first, as diffusers orders its batch.
-            sample = np.concatenate([x_in, x_in]) if req.cfg else x_in
+            sample = np.concatenate([x_in, x_in]) if cfg else x_in
             t0 = clock()
             out = run(
                 "unet",
                 {
                     "sample": np.ascontiguousarray(sample, dtype=np.float32),
                     "timestep": np.full((sample.shape[0],), timestep, dtype=np.float32),
-                    "encoder_hidden_states": embeddings,
+                    **conditioning,
                 },
             )["out_sample"]
             timings["unet"] += clock() - t0
-            if not req.cfg:
+            if not cfg:
                 return out
             uncond, cond = out[:b], out[b:]
             return uncond + guidance * (cond - uncond)
@@ -141,3 +142,25 @@ class Pipeline:
         timings["to_uint8"] = clock() - t
         timings["total"] = clock() - t_start
         return GenerationResult(req, images, images_float.astype(np.float32), latents, timings)
+
+
+def check_finite_image(image: np.ndarray, *, latents_finite: bool) -> None:
+    """Raise :class:`NumericsError` if the decoded image holds NaN or inf: never a black PNG.
+
+    Finite latents that decode to NaN/inf are the known fp16 SDXL VAE overflow: its
+    activations exceed float16's range.
+    """
+    bad = ~np.isfinite(image)
+    if not bad.any():
+        return
+    share = f"{bad.mean():.1%} of the decoded pixel values are NaN/inf"
+    if not latents_finite:
+        raise NumericsError(
+            f"{share}, and the latents were already non-finite before the VAE: the UNet overflowed "
+            f"(fp16 engine?). Rebuild the UNet in fp32, or lower --guidance / use another sampler"
+        )
+    raise NumericsError(
+        f"{share}: the VAE decoder overflowed (the known fp16 SDXL VAE problem). Rebuild or run "
+        f"the VAE decoder in fp32 (`sdrt build --vae-fp32`, or --backend ort-cpu), or export with "
+        f"an fp16-fixed VAE such as madebyollin/sdxl-vae-fp16-fix"
+    )

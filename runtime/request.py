@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Optional
+from typing import Optional, Tuple
 
 import numpy as np
 
@@ -31,6 +31,10 @@ class GenerationRequest:
     num_images: int = 1
     # Unit-variance noise (B, C, H/f, W/f), scaled like diffusers scales its `latents=` argument.
     init_latents: Optional[np.ndarray] = None
+    # SDXL micro-conditioning, each (height, width) / (top, left) in pixels; None: the image size
+    original_size: Optional[Tuple[int, int]] = None
+    crop_top_left: Tuple[int, int] = (0, 0)
+    target_size: Optional[Tuple[int, int]] = None
 
     @property
     def cfg(self) -> bool:
@@ -52,6 +56,24 @@ class GenerationRequest:
             raise ConfigError(f"num_images must be a positive integer, got {self.num_images!r}")
         if self.seed is not None and not (0 <= self.seed < 2**63):
             raise ConfigError(f"seed must be in [0, 2**63), got {self.seed}")
+        micro = {"original_size": self.original_size, "crop_top_left": self.crop_top_left, "target_size": self.target_size}
+        for name, value in micro.items():
+            if value is None:
+                continue
+            if (
+                not isinstance(value, (tuple, list))
+                or len(value) != 2
+                or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value)
+                or min(value) < (0 if name == "crop_top_left" else 1)
+            ):
+                raise ConfigError(f"{name} must be two whole numbers of pixels (height, width), got {value!r}")
+        if manifest.family != "sdxl" and (
+            self.original_size is not None or self.target_size is not None or tuple(self.crop_top_left) != (0, 0)
+        ):
+            raise ConfigError(
+                f"original_size / crop_top_left / target_size are SDXL micro-conditioning; this "
+                f"artifact is {manifest.family}, whose UNet does not take them: leave them unset"
+            )
         width = self.width or manifest.default_size
         height = self.height or manifest.default_size
         manifest.limits.check(width=width, height=height, batch=self.num_images)
@@ -66,4 +88,11 @@ class GenerationRequest:
                 )
             if not np.issubdtype(lat.dtype, np.floating) or not np.all(np.isfinite(lat)):
                 raise ConfigError("init latents must be finite floating-point values")
-        return replace(self, width=width, height=height)
+        return replace(
+            self,
+            width=width,
+            height=height,
+            original_size=None if self.original_size is None else tuple(int(v) for v in self.original_size),
+            crop_top_left=tuple(int(v) for v in self.crop_top_left),
+            target_size=None if self.target_size is None else tuple(int(v) for v in self.target_size),
+        )

@@ -35,6 +35,7 @@ __all__ = [
     "NormalRNG",
     "SamplerDef",
     "SAMPLERS",
+    "DISTILLED_SAMPLERS",
     "get_sampler",
     "to_d",
     "ancestral_step",
@@ -42,6 +43,7 @@ __all__ = [
     "sample_euler_ancestral",
     "sample_ddim",
     "sample_dpmpp_2m",
+    "sample_lcm",
     "final_latents",
 ]
 
@@ -230,6 +232,51 @@ def sample_dpmpp_2m(
     return x
 
 
+def sample_lcm(
+    denoise: Denoise,
+    x: np.ndarray,
+    sigmas: Any,
+    *,
+    rng: Optional[NormalRNG] = None,
+    callback: Optional[Callback] = None,
+    c_skip: Any = None,
+    c_out: Any = None,
+) -> np.ndarray:
+    """Multistep latent-consistency sampling (Luo et al. 2023, "Latent Consistency Models",
+    Algorithm 3; Song et al. 2023, "Consistency Models", Algorithm 1). == diffusers LCMScheduler.
+
+    Step i evaluates the consistency function with its boundary-condition scalings
+    (``c_skip``/``c_out`` from :func:`~sdrt.runtime.schedules.lcm_boundary_scalings`),
+
+        f(x_i) = c_out[i] * D(x_i; sigma_i) + c_skip[i] * x_i^vp,   x_i^vp = x_i / sqrt(1 + sigma_i^2),
+
+    then re-noises it to the next level, ``x_{i+1} = f(x_i) + sigma_{i+1} * z`` with fresh
+    z ~ N(0, I) (in VP form diffusers' ``sqrt(abar) f + sqrt(1 - abar) z``). The last step
+    returns f itself (sigma 0), so a 1-step run draws no noise.
+    """
+    s = _sigma_list(sigmas)
+    n = len(s) - 1
+    if c_skip is None or c_out is None:
+        raise ConfigError("lcm needs the schedule's c_skip and c_out: run it through SamplerDef.run")
+    skip = [float(v) for v in np.asarray(c_skip, dtype=np.float64)]
+    out = [float(v) for v in np.asarray(c_out, dtype=np.float64)]
+    if len(skip) != n or len(out) != n:
+        raise ConfigError(f"c_skip and c_out need {n} values (one per step), got {len(skip)} and {len(out)}")
+    if rng is None and n > 1:
+        raise ConfigError(
+            "lcm re-noises between steps: pass rng=np.random.default_rng(seed) "
+            "(anything with standard_normal(shape))"
+        )
+    for i in range(n):
+        denoised = denoise(x, s[i])
+        _report(callback, i, x, s[i], denoised)
+        x = denoised * out[i] + x * (skip[i] / math.sqrt(1.0 + s[i] ** 2))
+        if s[i + 1] > 0.0:
+            noise = np.asarray(rng.standard_normal(x.shape)).astype(x.dtype, copy=False)
+            x = x + noise * s[i + 1]
+    return x
+
+
 def final_latents(x: np.ndarray, schedule: "Schedule") -> np.ndarray:
     """VE x at ``sigmas[-1]`` back to the VP latents the VAE decodes: ``x / sqrt(1 + sigma^2)``.
 
@@ -249,7 +296,7 @@ def final_latents(x: np.ndarray, schedule: "Schedule") -> np.ndarray:
 class SamplerDef:
     """A sampler and what :func:`~sdrt.runtime.schedules.make_schedule` needs to know about it.
 
-    ``rules``: whose ``set_timesteps`` to follow ("euler", "ddim" or "dpm");
+    ``rules``: whose ``set_timesteps`` to follow ("euler", "ddim", "dpm" or "lcm");
     ``default_spacing``: that diffusers class's default ``timestep_spacing``;
     ``karras``: Karras et al. 2022 eq. 5 sigmas instead of the spaced timesteps;
     ``stochastic``: needs ``rng``; ``diffusers_class``: the scheduler it reproduces.
@@ -274,10 +321,13 @@ class SamplerDef:
         callback: Optional[Callback] = None,
     ) -> np.ndarray:
         """``fn(denoise, x, schedule.sigmas, ...)`` plus whatever else the schedule carries for
-        this sampler (DDIM's ``prev_sigmas``). Prefer this over calling ``fn`` directly."""
+        this sampler (DDIM's ``prev_sigmas``, LCM's ``c_skip``/``c_out``). Prefer this over
+        calling ``fn`` directly."""
         extra: dict[str, Any] = {}
         if schedule.ddim_prev_sigmas is not None:
             extra["prev_sigmas"] = schedule.ddim_prev_sigmas
+        if schedule.c_skip is not None:
+            extra["c_skip"], extra["c_out"] = schedule.c_skip, schedule.c_out
         return self.fn(denoise, x, schedule.sigmas, rng=rng, callback=callback, **extra)
 
 
@@ -304,6 +354,20 @@ SAMPLERS: dict[str, SamplerDef] = {
             "dpmpp_2m_karras", sample_dpmpp_2m, "dpm", "linspace", "DPMSolverMultistepScheduler",
             karras=True, description="DPM-Solver++(2M) on Karras sigmas (deterministic)",
         ),
+
+    )
+}
+
+
+#: Samplers that only make sense for models distilled for them (their own timestep rule and
+#: boundary condition), kept apart from the general-purpose ones above, which run any model.
+DISTILLED_SAMPLERS: dict[str, SamplerDef] = {
+    d.name: d
+    for d in (
+        SamplerDef(
+            "lcm", sample_lcm, "lcm", "leading", "LCMScheduler",
+            stochastic=True, description="Latent consistency (LCM models, 1-8 steps; needs a seed)",
+        ),
     )
 }
 
@@ -311,8 +375,8 @@ SAMPLERS: dict[str, SamplerDef] = {
 def get_sampler(name: str) -> SamplerDef:
     """The registered sampler ``name``; unknown names raise ConfigError listing the choices."""
     try:
-        return SAMPLERS[name]
+        return SAMPLERS[name] if name in SAMPLERS else DISTILLED_SAMPLERS[name]
     except (KeyError, TypeError):
         raise ConfigError(
-            f"unknown sampler {name!r}; choose one of: {', '.join(SAMPLERS)}"
+            f"unknown sampler {name!r}; choose one of: {', '.join([*SAMPLERS, *DISTILLED_SAMPLERS])}"
         ) from None

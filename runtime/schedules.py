@@ -23,6 +23,7 @@ euler               EulerDiscreteScheduler              linspace
 euler_a             EulerAncestralDiscreteScheduler     linspace
 ddim                DDIMScheduler                       leading
 dpmpp_2m(_karras)   DPMSolverMultistepScheduler         linspace
+lcm                 LCMScheduler                        (its own rule, below)
 ==================  ==================================  ===============================
 
 (the defaults matter: SD1.5's config has no ``timestep_spacing`` key, so diffusers' Euler on
@@ -49,6 +50,8 @@ __all__ = [
     "train_alphas_cumprod",
     "train_sigmas",
     "karras_sigmas",
+    "lcm_timesteps",
+    "lcm_boundary_scalings",
     "make_schedule",
 ]
 
@@ -98,6 +101,8 @@ class Schedule:
     for :meth:`timestep_for` on sigmas that are not in the schedule.
     ``ddim_prev_sigmas``: DDIM only, and only where diffusers' DDIM does not land on the next
     schedule sigma (see :func:`make_schedule`); ``None`` otherwise.
+    ``c_skip``, ``c_out``: LCM only, (n,) boundary-condition scalings of each step's timestep
+    (:func:`lcm_boundary_scalings`); ``None`` otherwise.
     """
 
     sigmas: np.ndarray
@@ -105,6 +110,8 @@ class Schedule:
     init_noise_sigma: float
     train_sigmas: np.ndarray | None = None
     ddim_prev_sigmas: np.ndarray | None = None
+    c_skip: np.ndarray | None = None
+    c_out: np.ndarray | None = None
     sampler: str = ""
     _lookup: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
@@ -116,6 +123,9 @@ class Schedule:
             object.__setattr__(self, "train_sigmas", _f64(self.train_sigmas))
         if self.ddim_prev_sigmas is not None:
             object.__setattr__(self, "ddim_prev_sigmas", _f64(self.ddim_prev_sigmas))
+        for name in ("c_skip", "c_out"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, _f64(getattr(self, name)))
         if self.sigmas.ndim != 1 or self.timesteps.shape != (self.sigmas.shape[0] - 1,):
             raise ConfigError(
                 f"Schedule needs sigmas of shape (n+1,) and timesteps of shape (n,); got "
@@ -304,6 +314,39 @@ def _dpm_timesteps(spacing: str, steps: int, num_train: int, offset: int, last: 
     return t.astype(np.int64).astype(np.float64)
 
 
+def lcm_timesteps(steps: int, num_train: int, original_steps: int) -> np.ndarray:
+    """LCMScheduler ``set_timesteps``: the distillation schedule ``k*i - 1`` (i = 1..N, with
+    k = T // N and N = ``original_inference_steps``; Luo et al. 2023, "Latent Consistency
+    Models", Sec. 4.3 skipping-step), then ``steps`` of its indices evenly spaced from the top."""
+    if isinstance(original_steps, bool) or not isinstance(original_steps, Integral) or not 1 <= original_steps <= num_train:
+        raise ConfigError(
+            f"original_inference_steps must be an integer in 1..{num_train}, got {original_steps!r} "
+            "(the 'original_inference_steps' key of the LCM scheduler config)"
+        )
+    if steps > original_steps:
+        raise ConfigError(
+            f"steps={steps} is more than the LCM schedule's original_inference_steps={original_steps}; "
+            f"pass steps between 1 and {original_steps} (LCM models are made for 1-8)"
+        )
+    k = num_train // int(original_steps)
+    origin = (np.arange(1, int(original_steps) + 1) * k - 1)[::-1]
+    indices = np.floor(np.linspace(0, len(origin), num=steps, endpoint=False)).astype(np.int64)
+    return origin[indices].astype(np.float64)
+
+
+def lcm_boundary_scalings(timesteps: np.ndarray, timestep_scaling: float) -> tuple[np.ndarray, np.ndarray]:
+    """Consistency-model boundary condition (Song et al. 2023, "Consistency Models", eq. 7;
+    LCM's discrete form with sigma_data = 0.5 and s = ``timestep_scaling`` * t):
+
+        c_skip = sigma_data^2 / (s^2 + sigma_data^2),   c_out = s / sqrt(s^2 + sigma_data^2)
+    """
+    sigma_data = 0.5
+    s = np.asarray(timesteps, dtype=np.float64) * float(timestep_scaling)
+    c_skip = sigma_data**2 / (s**2 + sigma_data**2)
+    c_out = s / np.sqrt(s**2 + sigma_data**2)
+    return c_skip, c_out
+
+
 def _check_steps(steps: Any, num_train: int) -> int:
     if isinstance(steps, bool) or not isinstance(steps, Integral):
         raise ConfigError(f"steps must be a whole number of sampling steps (e.g. 25), got {steps!r}")
@@ -344,7 +387,18 @@ def make_schedule(config: Mapping[str, Any], sampler: str, steps: int) -> Schedu
     table = _as_f32(np.sqrt((1.0 - abar) / abar))  # sigma(t), t = 0..T-1
 
     prev_sigmas = None
-    if sdef.rules == "euler":
+    c_skip = c_out = None
+    if sdef.rules == "lcm":
+        original = config.get("original_inference_steps")
+        timesteps = lcm_timesteps(steps, num_train, 50 if original is None else original)
+        scaling = config.get("timestep_scaling")
+        c_skip, c_out = lcm_boundary_scalings(timesteps, 10.0 if scaling is None else float(scaling))
+        # the LCM step ends at the denoised estimate: final sigma 0 (set_alpha_to_one does not
+        # matter, diffusers' last LCM step returns `denoised` without re-noising)
+        sigmas = np.append(table[timesteps.astype(np.int64)], 0.0)
+        # VP init noise sigma 1.0  <=>  x_ve = noise * sqrt(1 + sigma_0^2)
+        init = math.sqrt(1.0 + float(sigmas[0]) ** 2)
+    elif sdef.rules == "euler":
         timesteps = _euler_timesteps(spacing, steps, num_train, offset)
         sigmas = _interp_sigmas(timesteps, table)
         sigmas = np.append(sigmas, 0.0)
@@ -395,5 +449,7 @@ def make_schedule(config: Mapping[str, Any], sampler: str, steps: int) -> Schedu
         init_noise_sigma=init,
         train_sigmas=table,
         ddim_prev_sigmas=None if prev_sigmas is None else _as_f32(prev_sigmas),
+        c_skip=c_skip,
+        c_out=c_out,
         sampler=sdef.name,
     )

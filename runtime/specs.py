@@ -14,6 +14,10 @@ Symbolic dims are strings shared across components, so one request resolves ever
 ``latent_height``  ``height // vae_scale_factor`` (likewise ``latent_width``)
 ``height``         image height in pixels (likewise ``width``)
 =================  ==========================================================
+
+SDXL's extra UNet inputs (``text_embeds``, ``time_ids``) and the LCM guidance embedding
+(``timestep_cond``) have ``cfg_batch`` as their only symbolic dim; their other dims are fixed
+by the model, so no new symbols are needed.
 """
 
 from __future__ import annotations
@@ -166,9 +170,19 @@ def sd_text_encoder_spec(*, max_length: int, hidden_size: int) -> ComponentSpec:
 
 
 def sd_unet_spec(
-    *, latent_channels: int, out_channels: int, max_length: int, cross_attention_dim: int
+    *,
+    latent_channels: int,
+    out_channels: int,
+    max_length: int,
+    cross_attention_dim: int,
+    added_conditions: tuple[TensorSpec, ...] = (),
 ) -> ComponentSpec:
-    """UNet: (latent, timestep, text embeddings) -> model output (eps or v)."""
+    """UNet: (latent, timestep, text embeddings, *added conditions) -> model output (eps or v).
+
+    ``added_conditions`` are extra conditioning inputs after ``encoder_hidden_states``:
+    SDXL's ``text_embeds`` / ``time_ids`` (:func:`sdxl_added_conditions`) and the LCM
+    guidance embedding ``timestep_cond`` (:func:`guidance_embedding_condition`).
+    """
     return ComponentSpec(
         name="unet",
         file="unet.onnx",
@@ -180,6 +194,7 @@ def sd_unet_spec(
             TensorSpec(
                 "encoder_hidden_states", "float32", ("cfg_batch", max_length, cross_attention_dim)
             ),
+            *added_conditions,
         ),
         outputs=(
             TensorSpec(
@@ -199,3 +214,48 @@ def sd_vae_decoder_spec(*, latent_channels: int, image_channels: int = 3) -> Com
         ),
         outputs=(TensorSpec("image", "float32", ("batch", image_channels, "height", "width")),),
     )
+
+
+# ---------------------------------------------------------------------------
+# Stable Diffusion XL components and added UNet conditions
+# ---------------------------------------------------------------------------
+
+def sdxl_text_encoder_spec(*, max_length: int, hidden_size: int) -> ComponentSpec:
+    """SDXL's first text encoder (CLIP ViT-L): token ids -> penultimate-layer hidden states
+    (``hidden_states[-2]``, before the final layer norm), as SDXL conditions on."""
+    return ComponentSpec(
+        name="text_encoder",
+        file="text_encoder.onnx",
+        inputs=(TensorSpec("input_ids", "int32", ("cfg_batch", max_length)),),
+        outputs=(
+            TensorSpec("hidden_states", "float32", ("cfg_batch", max_length, hidden_size)),
+        ),
+    )
+
+
+def sdxl_text_encoder_2_spec(*, max_length: int, hidden_size: int, projection_dim: int) -> ComponentSpec:
+    """SDXL's second text encoder (OpenCLIP ViT-bigG with projection): token ids ->
+    penultimate-layer hidden states and the pooled, projected ``text_embeds``."""
+    return ComponentSpec(
+        name="text_encoder_2",
+        file="text_encoder_2.onnx",
+        inputs=(TensorSpec("input_ids", "int32", ("cfg_batch", max_length)),),
+        outputs=(
+            TensorSpec("hidden_states", "float32", ("cfg_batch", max_length, hidden_size)),
+            TensorSpec("text_embeds", "float32", ("cfg_batch", projection_dim)),
+        ),
+    )
+
+
+def sdxl_added_conditions(*, projection_dim: int, num_time_ids: int = 6) -> tuple[TensorSpec, ...]:
+    """SDXL UNet's ``added_cond_kwargs``: pooled text embeddings and the micro-conditioning
+    ``time_ids`` (original size + crop top-left + target size, each (h, w))."""
+    return (
+        TensorSpec("text_embeds", "float32", ("cfg_batch", projection_dim)),
+        TensorSpec("time_ids", "float32", ("cfg_batch", num_time_ids)),
+    )
+
+
+def guidance_embedding_condition(*, time_cond_proj_dim: int) -> tuple[TensorSpec, ...]:
+    """The guidance-scale embedding of guidance-distilled (LCM) UNets: ``timestep_cond``."""
+    return (TensorSpec("timestep_cond", "float32", ("cfg_batch", time_cond_proj_dim)),)

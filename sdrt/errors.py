@@ -63,3 +63,7 @@ class ToleranceError(SdrtError):
     """A verification found differences above the allowed tolerance."""
 
     exit_code = 3
+
+
+class NumericsError(SdrtError):
+    """A model produced NaN or inf (e.g. the fp16 SDXL VAE overflowing); nothing is written."""

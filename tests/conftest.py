@@ -44,3 +44,28 @@ def sd1_pipeline(tiny_artifacts):
 
     with Pipeline.load(tiny_artifacts["sd1"], backend="ort-cpu") as pipe:
         yield pipe
+
+
+XL_FIXTURES = ("sdxl", "sdxl-turbo", "sd1-lcm")
+
+
+@pytest.fixture(scope="session")
+def tiny_xl_model_dirs(tmp_path_factory) -> dict[str, Path]:
+    """Tiny SDXL, SDXL-Turbo-style and LCM pipelines (random weights from configs)."""
+    if not HAVE_EXPORT:
+        pytest.skip("needs the export extras (torch, diffusers, transformers, onnx)")
+    from sdrt.export.tiny import make_tiny_pipeline
+
+    root = tmp_path_factory.mktemp("tiny-xl-models")
+    return {name: make_tiny_pipeline(root / f"tiny-{name}", name, seed=0) for name in XL_FIXTURES}
+
+
+@pytest.fixture(scope="session")
+def tiny_xl_artifacts(tiny_xl_model_dirs, tmp_path_factory) -> dict[str, Path]:
+    from sdrt.export.artifact import export_artifact
+
+    root = tmp_path_factory.mktemp("xl-artifacts")
+    return {
+        name: export_artifact(model_dir, root / f"art-{name}").artifact.path
+        for name, model_dir in tiny_xl_model_dirs.items()
+    }
