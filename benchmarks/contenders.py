@@ -81,6 +81,23 @@ class OrtLevers:
         return ",".join(parts) or "defaults"
 
 
+def apply_levers(so: Any, ort: Any, levers: OrtLevers) -> Any:
+    """Set ``levers``' session options on the ``onnxruntime.SessionOptions`` ``so``; returns it."""
+    if levers.graph_optimization_level is not None:
+        so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, levers.graph_optimization_level)
+    if levers.enable_mem_pattern is not None:
+        so.enable_mem_pattern = levers.enable_mem_pattern
+    if levers.enable_cpu_mem_arena is not None:
+        so.enable_cpu_mem_arena = levers.enable_cpu_mem_arena
+    if levers.execution_mode is not None:
+        so.execution_mode = getattr(ort.ExecutionMode, levers.execution_mode)
+    if levers.inter_op_num_threads is not None:
+        so.inter_op_num_threads = levers.inter_op_num_threads
+    if levers.intra_op_spinning is not None:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if levers.intra_op_spinning else "0")
+    return so
+
+
 def _tuned_ort_backend(artifact: Any, threads: Optional[int], levers: OrtLevers) -> Any:
     """An OrtBackend whose session options / run path apply ``levers``.
 
@@ -91,20 +108,7 @@ def _tuned_ort_backend(artifact: Any, threads: Optional[int], levers: OrtLevers)
 
     class TunedOrtBackend(OrtBackend):
         def _session_options(self, ort: Any) -> Any:
-            so = super()._session_options(ort)
-            if levers.graph_optimization_level is not None:
-                so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, levers.graph_optimization_level)
-            if levers.enable_mem_pattern is not None:
-                so.enable_mem_pattern = levers.enable_mem_pattern
-            if levers.enable_cpu_mem_arena is not None:
-                so.enable_cpu_mem_arena = levers.enable_cpu_mem_arena
-            if levers.execution_mode is not None:
-                so.execution_mode = getattr(ort.ExecutionMode, levers.execution_mode)
-            if levers.inter_op_num_threads is not None:
-                so.inter_op_num_threads = levers.inter_op_num_threads
-            if levers.intra_op_spinning is not None:
-                so.add_session_config_entry("session.intra_op.allow_spinning", "1" if levers.intra_op_spinning else "0")
-            return so
+            return apply_levers(super()._session_options(ort), ort, levers)
 
         def _run_impl(self, spec: Any, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
             if not levers.io_binding:

@@ -34,6 +34,12 @@ def _spread(d: Optional[dict]) -> str:
     return f"{d['p50']:.2f}× ({d['min']:.2f}–{d['max']:.2f})"
 
 
+def _rss(c: dict[str, Any]) -> str:
+    own = c.get("first_call_rss_mb")  # absent in reports made before it was added: show load only
+    delta = _f(own, "{:+.0f}") if own is not None else "load " + _f(c.get("load_rss_mb"), "{:+.0f}")
+    return f"{c['peak_rss_mb']:.0f} ({delta})"
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     """The report as markdown: settings, probe per round, one table of all contenders."""
     wl = report["workload"]
@@ -59,7 +65,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         "| contender | build s | first call s | p50 s | p90 s | speed-up vs ref (p50, min–max) | "
         "tokenize ms | text enc ms | UNet/step ms | overhead/step ms (share) | VAE ms | img enc ms | "
-        "UNet GFLOP/s (% probe) | peak RSS MB (load Δ) | PSNR dB | latent max\\|Δ\\| |",
+        "UNet GFLOP/s (% probe) | peak RSS MB (Δ own) | PSNR dB | latent max\\|Δ\\| |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     ref = report.get("reference")
@@ -88,7 +94,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                 _f(_p50(st["vae_decoder"]), "{:.1f}", 1e3),
                 _f(_p50(st["image_encode"]), "{:.2f}", 1e3),
                 f"{_f(_p50(c['unet_gflops']), '{:.1f}')} ({_f(_p50(c['unet_probe_share']), '{:.0f}', 100)} %)",
-                f"{c['peak_rss_mb']:.0f} ({_f(c['load_rss_mb'], '{:+.0f}')})",
+                _rss(c),
                 "ref" if is_ref else _f(par.get("image_psnr_db"), "{:.1f}"),
                 "ref" if is_ref else _f(par.get("latent_max_abs"), "{:.2e}"),
             ]) + " |"
@@ -99,7 +105,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         "contender's wall time minus its timed model calls, tokenizer and image encode, per step; "
         "*share* is overhead / (UNet + overhead) per step. *Speed-up* is the reference's time over "
         "the contender's, paired round by round. Parity is against the reference's output from "
-        "the same initial latents.",
+        "the same initial latents. *Peak RSS* is the whole process's (all contenders share it) "
+        "during this contender's calls; *Δ own* is the RSS this contender added from before its "
+        "load to after its first call.",
     ]
     return "\n".join(lines) + "\n"
 

@@ -71,7 +71,8 @@ class _Entry:
     reason: Optional[str] = None
     build_s: Optional[float] = None
     first_call_s: Optional[float] = None
-    load_rss_mb: Optional[float] = None
+    load_rss_mb: Optional[float] = None  # RSS growth over load() alone (mmap'd weights not yet touched)
+    first_call_rss_mb: Optional[float] = None  # RSS growth from before load() to after the first call
     runs: list[dict[str, Any]] = field(default_factory=list)
     last: Optional[Sample] = None
 
@@ -140,6 +141,7 @@ def run_benchmark(
             e.load_rss_mb = (rss_bytes() - rss0) / MB
             with PeakRss() as peak:
                 e.last, e.first_call_s = timed(lambda: e.contender.generate(req, init))
+            e.first_call_rss_mb = (rss_bytes() - rss0) / MB
             say(f"{e.contender.name}: load {e.build_s:.2f} s, first call {e.first_call_s:.2f} s, peak RSS {peak.peak / MB:.0f} MB")
         except Unavailable as exc:
             e.status, e.reason = "absent", str(exc)
@@ -216,6 +218,7 @@ def _aggregate(e: _Entry, ref: Optional[_Entry], steps: int, gflop_per_call: flo
         "build_s": e.build_s,
         "first_call_s": e.first_call_s,
         "load_rss_mb": e.load_rss_mb,
+        "first_call_rss_mb": e.first_call_rss_mb,
     }
     if e.status != "ok" or not e.runs:
         return out

@@ -93,3 +93,7 @@ def bench(workload: str, size: Optional[int], steps: Optional[int], rounds: Opti
     if chart_path is not None:
         write_chart(report, chart_path)
     click.echo(md)
+
+
+if __name__ == "__main__":  # `python -m sdrt.cli_bench ...` until `sdrt bench` is registered
+    bench()
