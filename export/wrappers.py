@@ -143,8 +143,14 @@ def unet_spec(unet_config: Any, *, max_length: int, projection_dim: int | None) 
     )
 
 
+def _projection_dim(model: LoadedModel) -> int | None:
+    """Width of the pooled ``text_embeds`` (SDXL's text_encoder_2 projection), else None."""
+    return None if model.text_encoder_2 is None else int(model.text_encoder_2.config.projection_dim)
+
+
 def component_specs(model: LoadedModel, *, max_length: int) -> dict[str, ComponentSpec]:
     vae = sd_vae_decoder_spec(latent_channels=model.vae.config.latent_channels)
+    projection_dim = _projection_dim(model)
     if model.text_encoder_2 is None:
         return {
             "text_encoder": sd_text_encoder_spec(
@@ -153,7 +159,6 @@ def component_specs(model: LoadedModel, *, max_length: int) -> dict[str, Compone
             "unet": unet_spec(model.unet.config, max_length=max_length, projection_dim=None),
             "vae_decoder": vae,
         }
-    projection_dim = int(model.text_encoder_2.config.projection_dim)
     return {
         "text_encoder": sdxl_text_encoder_spec(
             max_length=max_length, hidden_size=model.text_encoder.config.hidden_size
@@ -169,8 +174,8 @@ def component_specs(model: LoadedModel, *, max_length: int) -> dict[str, Compone
 
 
 def component_modules(model: LoadedModel) -> dict[str, torch.nn.Module]:
-    unet_inputs = component_specs(model, max_length=1)["unet"].input_names
-    unet = UNet(model.unet, conditions=unet_inputs[3:]).eval()
+    conditions = unet_conditions(model.unet.config, projection_dim=_projection_dim(model))
+    unet = UNet(model.unet, conditions=[t.name for t in conditions]).eval()
     if model.text_encoder_2 is None:
         return {
             "text_encoder": TextEncoder(model.text_encoder).eval(),

@@ -27,8 +27,6 @@ from typing import Callable, Mapping, MutableMapping
 
 import numpy as np
 
-from sdrt.errors import ConfigError
-
 from .manifest import Manifest
 from .request import GenerationRequest
 from .tokenizer import ClipTokenizer
@@ -114,15 +112,10 @@ def encode_prompt_sdxl(
         manifest.conditioning.get("force_zeros_for_empty_prompt", True)
     )
     prompts = [req.negative_prompt] * b + [req.prompt] * b if cfg and not zero_negative else [req.prompt] * b
-    hidden = []
-    pooled = None
-    for component in ("text_encoder", "text_encoder_2"):
-        out = _encode(run, component, _tokenize(tokenizers[component], prompts, timings), timings)
-        hidden.append(out["hidden_states"])
-        pooled = out.get("text_embeds", pooled)
-    if pooled is None:  # pragma: no cover - the spec of text_encoder_2 guarantees it
-        raise ConfigError("text_encoder_2 gave no text_embeds; re-export the artifact")
-    embeddings = np.concatenate(hidden, axis=-1)
+    first = _encode(run, "text_encoder", _tokenize(tokenizers["text_encoder"], prompts, timings), timings)
+    second = _encode(run, "text_encoder_2", _tokenize(tokenizers["text_encoder_2"], prompts, timings), timings)
+    embeddings = np.concatenate([first["hidden_states"], second["hidden_states"]], axis=-1)
+    pooled = second["text_embeds"]
     if zero_negative:
         embeddings = np.concatenate([np.zeros_like(embeddings), embeddings])
         pooled = np.concatenate([np.zeros_like(pooled), pooled])

@@ -58,7 +58,7 @@ class GenerationRequest:
             raise ConfigError(f"seed must be in [0, 2**63), got {self.seed}")
         micro = {"original_size": self.original_size, "crop_top_left": self.crop_top_left, "target_size": self.target_size}
         for name, value in micro.items():
-            if value is None:
+            if value is None and name != "crop_top_left":
                 continue
             if (
                 not isinstance(value, (tuple, list))

@@ -278,6 +278,7 @@ def test_nan_writes_no_png(tiny_xl_artifacts, tmp_path, monkeypatch):
         ({"original_size": (0, 32)}, "original_size must be two whole numbers"),
         ({"crop_top_left": (1,)}, "crop_top_left must be two whole numbers"),
         ({"target_size": (32.5, 32)}, "target_size must be two whole numbers"),
+        ({"crop_top_left": None}, "crop_top_left must be two whole numbers"),
     ],
 )
 def test_bad_micro_conditioning_is_rejected(tiny_xl_artifacts, change, match):
