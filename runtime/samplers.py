@@ -159,6 +159,7 @@ def sample_ddim(
     rng: Optional[NormalRNG] = None,
     callback: Optional[Callback] = None,
     prev_sigmas: Any = None,
+    clip_denoised: Optional[float] = None,
 ) -> np.ndarray:
     """Deterministic DDIM (eta = 0; Song et al. 2021, eq. 12).
 
@@ -170,6 +171,10 @@ def sample_ddim(
     its step from timestep t lands on ``t - T // steps`` rather than on the next schedule
     timestep: step i goes to ``prev_sigmas[i]``, and the VP latents ``x / sqrt(1 + sigma^2)``
     found there are then read as the latents at ``sigmas[i+1]``, as diffusers does.
+
+    ``clip_denoised`` (diffusers' ``clip_sample``) clamps x_0 to [-r, r] but, as diffusers does
+    by default (``use_clipped_model_output=False``), keeps eps from the unclamped x_0:
+    ``x_prev = clamp(x0) + sigma_prev * (x - x0) / sigma``.
     """
     del rng  # eta = 0: deterministic
     s = _sigma_list(sigmas)
@@ -182,7 +187,11 @@ def sample_ddim(
     for i in range(len(s) - 1):
         denoised = denoise(x, s[i])
         _report(callback, i, x, s[i], denoised)
-        x = x + to_d(x, s[i], denoised) * (landing[i] - s[i])
+        if clip_denoised is None:
+            x = x + to_d(x, s[i], denoised) * (landing[i] - s[i])
+        else:
+            r = clip_denoised
+            x = np.clip(denoised, -r, r) + to_d(x, s[i], denoised) * landing[i]
         if landing[i] != s[i + 1]:
             # keep x_vp = x_ve * sqrt(abar) fixed while relabelling its noise level
             x = x * math.sqrt((1.0 + s[i + 1] ** 2) / (1.0 + landing[i] ** 2))
@@ -241,6 +250,7 @@ def sample_lcm(
     callback: Optional[Callback] = None,
     c_skip: Any = None,
     c_out: Any = None,
+    clip_denoised: Optional[float] = None,
 ) -> np.ndarray:
     """Multistep latent-consistency sampling (Luo et al. 2023, "Latent Consistency Models",
     Algorithm 3; Song et al. 2023, "Consistency Models", Algorithm 1). == diffusers LCMScheduler.
@@ -252,7 +262,8 @@ def sample_lcm(
 
     then re-noises it to the next level, ``x_{i+1} = f(x_i) + sigma_{i+1} * z`` with fresh
     z ~ N(0, I) (in VP form diffusers' ``sqrt(abar) f + sqrt(1 - abar) z``). The last step
-    returns f itself (sigma 0), so a 1-step run draws no noise.
+    returns f itself (sigma 0), so a 1-step run draws no noise. ``clip_denoised`` (diffusers'
+    ``clip_sample``) clamps D to [-r, r] before the boundary condition.
     """
     s = _sigma_list(sigmas)
     n = len(s) - 1
@@ -269,6 +280,8 @@ def sample_lcm(
         )
     for i in range(n):
         denoised = denoise(x, s[i])
+        if clip_denoised is not None:
+            denoised = np.clip(denoised, -clip_denoised, clip_denoised)
         _report(callback, i, x, s[i], denoised)
         x = denoised * out[i] + x * (skip[i] / math.sqrt(1.0 + s[i] ** 2))
         if s[i + 1] > 0.0:
@@ -321,13 +334,15 @@ class SamplerDef:
         callback: Optional[Callback] = None,
     ) -> np.ndarray:
         """``fn(denoise, x, schedule.sigmas, ...)`` plus whatever else the schedule carries for
-        this sampler (DDIM's ``prev_sigmas``, LCM's ``c_skip``/``c_out``). Prefer this over
+        this sampler (DDIM's ``prev_sigmas``, LCM's ``c_skip``/``c_out``, the x_0 clamp). Prefer this over
         calling ``fn`` directly."""
         extra: dict[str, Any] = {}
         if schedule.ddim_prev_sigmas is not None:
             extra["prev_sigmas"] = schedule.ddim_prev_sigmas
         if schedule.c_skip is not None:
             extra["c_skip"], extra["c_out"] = schedule.c_skip, schedule.c_out
+        if schedule.clip_denoised is not None:
+            extra["clip_denoised"] = schedule.clip_denoised
         return self.fn(denoise, x, schedule.sigmas, rng=rng, callback=callback, **extra)
 
 

@@ -103,6 +103,9 @@ class Schedule:
     schedule sigma (see :func:`make_schedule`); ``None`` otherwise.
     ``c_skip``, ``c_out``: LCM only, (n,) boundary-condition scalings of each step's timestep
     (:func:`lcm_boundary_scalings`); ``None`` otherwise.
+    ``clip_denoised``: ``r`` when the scheduler clamps its x_0 prediction to [-r, r]
+    (``clip_sample`` / ``clip_sample_range`` of diffusers' DDIM and LCM, applied by those
+    samplers); ``None`` otherwise.
     """
 
     sigmas: np.ndarray
@@ -112,6 +115,7 @@ class Schedule:
     ddim_prev_sigmas: np.ndarray | None = None
     c_skip: np.ndarray | None = None
     c_out: np.ndarray | None = None
+    clip_denoised: float | None = None
     sampler: str = ""
     _lookup: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
@@ -361,6 +365,30 @@ def _check_steps(steps: Any, num_train: int) -> int:
     return steps
 
 
+#: diffusers' default of ``clip_sample`` for the scheduler classes that have the key.
+_CLIP_SAMPLE_DEFAULT = {"ddim": True, "lcm": False}
+
+
+def _clip_range(config: Mapping[str, Any], rules: str) -> float | None:
+    """The x_0 clamp range diffusers applies for these rules and config, or None.
+
+    DDIMScheduler defaults ``clip_sample`` to True: a config without the key (e.g. SD 1.5's
+    PNDM config, swapped for DDIM with ``from_config``) clamps x_0 to [-1, 1] there.
+    """
+    if rules not in _CLIP_SAMPLE_DEFAULT:
+        return None
+    if config.get("thresholding"):
+        raise ConfigError(
+            "scheduler config sets thresholding=True (dynamic thresholding), which sdrt does not "
+            "implement; set it to false in scheduler_config.json"
+        )
+    clip = config.get("clip_sample")
+    if not (_CLIP_SAMPLE_DEFAULT[rules] if clip is None else bool(clip)):
+        return None
+    r = config.get("clip_sample_range")
+    return 1.0 if r is None else float(r)
+
+
 def make_schedule(config: Mapping[str, Any], sampler: str, steps: int) -> Schedule:
     """Build the schedule diffusers would use for ``sampler`` with this scheduler config.
 
@@ -444,6 +472,7 @@ def make_schedule(config: Mapping[str, Any], sampler: str, steps: int) -> Schedu
         raise ConfigError(f"sampler {sdef.name!r} has unknown schedule rules {sdef.rules!r}")
 
     return Schedule(
+        clip_denoised=_clip_range(config, sdef.rules),
         sigmas=_as_f32(sigmas),
         timesteps=timesteps,
         init_noise_sigma=init,

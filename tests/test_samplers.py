@@ -380,3 +380,29 @@ def test_euler_a_needs_rng():
     x = np.zeros(SHAPE, dtype=np.float32)
     with pytest.raises(ConfigError, match="pass rng=np.random.default_rng"):
         sample_euler_ancestral(denoise, x, sch.sigmas)
+
+
+@pytest.mark.parametrize("clip_sample", [None, True, False])
+@pytest.mark.parametrize("sampler", list(SAMPLERS))
+def test_clip_sample_matches_diffusers(sampler, clip_sample, monkeypatch):
+    """DDIMScheduler clamps x_0 to [-1, 1] when the config has no clip_sample key (SD 1.5's
+    PNDM config swapped for DDIM); the dummy model's x_0 reaches ~30, so the clamp matters."""
+    cfg = {k: v for k, v in config_for("leading").items() if k != "clip_sample"}
+    if clip_sample is not None:
+        cfg.update(clip_sample=clip_sample, clip_sample_range=1.5)
+    rng = np.random.default_rng(9)
+    noise = rng.standard_normal(SHAPE).astype(np.float32)
+    step_noise = [rng.standard_normal(SHAPE).astype(np.float32) for _ in range(10)]
+    want = run_diffusers(sampler, cfg, 10, "epsilon", noise, step_noise, monkeypatch)
+    got = run_ours(sampler, cfg, 10, "epsilon", noise, step_noise)
+    assert rel_diff(got, want) < 1e-5, f"max diff {np.max(np.abs(got - want)):.3g}"
+    clamps = sampler == "ddim" and clip_sample is not False
+    assert (make_schedule(cfg, sampler, 10).clip_denoised is not None) == clamps
+    if clamps:  # and without the clamp the result would differ: the test can fail
+        unclipped = run_ours(sampler, {**cfg, "clip_sample": False}, 10, "epsilon", noise, step_noise)
+        assert rel_diff(unclipped, want) > 1e-3
+
+
+def test_thresholding_is_rejected():
+    with pytest.raises(ConfigError, match="thresholding"):
+        make_schedule({**config_for("leading"), "thresholding": True}, "ddim", 10)
