@@ -166,10 +166,12 @@ def score_image(img: np.ndarray) -> dict:
     """Read background colour, shape colour and shape type from pixels alone.
 
     background: median of a 3-pixel border frame -> nearest palette colour.
-    shape mask: pixels farther than 80 (RGB distance) from that median; largest component.
-    shape colour: median of the mask's pixels with a 1-pixel erosion -> nearest palette colour.
-    shape type: fill ratio of the mask in its bounding box (square ~1.0, circle ~0.79,
-    triangle ~0.5), thresholds 0.63 / 0.89.
+    shape colour: pixels farther than 80 (RGB distance) from that median, largest 4-connected
+    component, median of its 1-pixel-eroded interior -> nearest palette colour.
+    shape outline: the 50% iso-contour between background and shape colour (each pixel projected
+    on the background->shape colour line, > 0.5), largest component; so blurred edges count half.
+    shape type: a triangle (apex up) is narrow at the top: width at 25% of the height < 0.6 x
+    width at 75%; otherwise fill ratio in the bounding box >= 0.88 is a square, else a circle.
     """
     x = np.asarray(img, dtype=np.float32)[..., :3]
     border = np.concatenate([x[:3].reshape(-1, 3), x[-3:].reshape(-1, 3),
@@ -179,9 +181,7 @@ def score_image(img: np.ndarray) -> dict:
                area=0)
     dist = np.sqrt(((x - bg_rgb) ** 2).sum(-1))
     mask = _largest_component(dist > 80)
-    area = int(mask.sum())
-    out["area"] = area
-    if area < 20:
+    if mask.sum() < 20:
         return out
     inner = mask.copy()
     inner[1:] &= mask[:-1]
@@ -189,12 +189,27 @@ def score_image(img: np.ndarray) -> dict:
     inner[:, 1:] &= mask[:, :-1]
     inner[:, :-1] &= mask[:, 1:]
     px = x[inner] if inner.sum() >= 5 else x[mask]
-    out["shape_colour"] = nearest_colour(np.median(px, axis=0))
-    ys, xs = np.nonzero(mask)
-    bbox = (ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)
+    fg_rgb = np.median(px, axis=0)
+    out["shape_colour"] = nearest_colour(fg_rgb)
+    axis = fg_rgb - bg_rgb
+    proj = ((x - bg_rgb) * axis).sum(-1) / max(float((axis ** 2).sum()), 1e-6)
+    shape = _largest_component(proj > 0.5)
+    area = int(shape.sum())
+    out["area"] = area
+    if area < 12:
+        return out
+    ys, xs = np.nonzero(shape)
+    y0, y1 = ys.min(), ys.max()
+    bbox = (y1 - y0 + 1) * (xs.max() - xs.min() + 1)
     fill = area / bbox
-    out["fill"] = float(fill)
-    out["shape"] = "square" if fill >= 0.89 else ("circle" if fill >= 0.63 else "triangle")
+    widths = shape.sum(1)
+    h = y1 - y0
+    w25 = widths[int(round(y0 + 0.25 * h))]
+    w75 = widths[int(round(y0 + 0.75 * h))]
+    taper = float(w25) / max(float(w75), 1.0)
+    out["fill"] = round(float(fill), 3)
+    out["taper"] = round(taper, 3)
+    out["shape"] = "triangle" if taper < 0.6 else ("square" if fill >= 0.88 else "circle")
     return out
 
 
