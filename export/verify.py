@@ -15,28 +15,14 @@ from typing import Callable, Optional
 import numpy as np
 
 from sdrt.runtime.backends import create_backend
-from sdrt.runtime.backends.torch_reference import TorchBackend
 from sdrt.runtime.manifest import Artifact
 from sdrt.runtime.pipeline import Pipeline
 from sdrt.runtime.request import GenerationRequest
-from sdrt.runtime.specs import ComponentSpec, resolve_dims
+from sdrt.runtime.specs import resolve_dims
 from sdrt.runtime.tokenizer import ClipTokenizer
 
 from .onnx_export import random_feeds
 from .reference import diffusers_generate, diffusers_pipeline, psnr
-
-
-class ReferenceBackend(TorchBackend):
-    """The PyTorch reference backend, returning every output of multi-output components
-    (SDXL's text_encoder_2 gives hidden states and text_embeds)."""
-
-    def _run_impl(self, spec: ComponentSpec, feeds):  # noqa: ANN001, ANN202
-        torch = self._torch
-        args = [torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in spec.input_names]
-        with self._lock, torch.inference_mode():
-            out = self._modules[spec.name](*args)
-        outs = out if isinstance(out, tuple) else (out,)
-        return {name: o.float().numpy().copy() for name, o in zip(spec.output_names, outs)}
 
 
 @dataclass(frozen=True)
@@ -101,8 +87,8 @@ def verify_artifact(
     opts = {"threads": threads} if threads else {}
     rng = np.random.default_rng(seed)
     vocab_size = ClipTokenizer.from_dir(artifact.tokenizer_dir).vocab_size
-    with create_backend("ort-cpu", artifact, **opts) as ort, ReferenceBackend(
-        artifact, model_dir=model_dir, **opts
+    with create_backend("ort-cpu", artifact, **opts) as ort, create_backend(
+        "torch", artifact, model_dir=model_dir, **opts
     ) as ref:
         for batch, height, width in verify_sizes(artifact):
             dims = resolve_dims(

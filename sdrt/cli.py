@@ -15,7 +15,26 @@ import click
 from sdrt import __version__
 from sdrt.errors import SdrtError, ToleranceError
 
-SAMPLER_NAMES = ("euler", "euler_a", "ddim", "dpmpp_2m", "dpmpp_2m_karras")
+SAMPLER_NAMES = ("euler", "euler_a", "ddim", "dpmpp_2m", "dpmpp_2m_karras", "lcm")
+
+
+def _size(text: Optional[str], option: str) -> Optional[tuple[int, int]]:
+    """'WIDTHxHEIGHT' -> (height, width), the order diffusers' SDXL conditioning uses."""
+    if text is None:
+        return None
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise click.BadParameter(f"expected WIDTHxHEIGHT, got {text!r}", param_hint=option) from None
+    return (h, w)
+
+
+def _crop(text: str) -> tuple[int, int]:
+    try:
+        top, left = (int(v) for v in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected TOP,LEFT, got {text!r}", param_hint="--crop-top-left") from None
+    return (top, left)
 
 
 # Commands whose modules import heavier packages load only when invoked.
@@ -69,13 +88,16 @@ def _progress(quiet: bool):  # noqa: ANN202
 @click.option("--max-batch", type=int, default=8, show_default=True, help="Most images per request.")
 @click.option("--opset", type=int, default=17, show_default=True)
 @click.option("--allow-pickle", is_flag=True, help="Load .bin/.ckpt pickle weights (runs code from the file!).")
+@click.option("--fp16-unet", is_flag=True,
+              help="Store the UNet's weights in fp16 (halves export memory; I/O stays fp32).")
 @click.option("--quiet", is_flag=True, help="No progress lines.")
 def export_cmd(model_dir: Path, out_dir: Optional[Path], max_size: Optional[int], max_batch: int,
-               opset: int, allow_pickle: bool, quiet: bool) -> None:
-    """Export a diffusers Stable Diffusion directory to an ONNX artifact."""
+               opset: int, allow_pickle: bool, fp16_unet: bool, quiet: bool) -> None:
+    """Export a diffusers Stable Diffusion (1.x, 2.x, XL, LCM) directory to an ONNX artifact."""
     from sdrt.export.artifact import ExportOptions, export_artifact
 
-    options = ExportOptions(opset=opset, max_size=max_size, max_batch=max_batch, allow_pickle=allow_pickle)
+    options = ExportOptions(opset=opset, max_size=max_size, max_batch=max_batch, allow_pickle=allow_pickle,
+                            fp16=("unet",) if fp16_unet else ())
     result = export_artifact(model_dir, out_dir, options=options, progress=_progress(quiet))
     click.echo(str(result.artifact.path))
 
@@ -98,6 +120,9 @@ def export_cmd(model_dir: Path, out_dir: Optional[Path], max_size: Optional[int]
               help="Unit-variance noise .npy of shape (N, C, H/f, W/f), as diffusers' latents=.")
 @click.option("--output", type=click.Path(path_type=Path), default=Path("sdrt.png"), show_default=True,
               help="PNG path; several images get -0, -1, ... suffixes.")
+@click.option("--original-size", metavar="WxH", default=None, help="SDXL micro-conditioning (default: the image size).")
+@click.option("--crop-top-left", metavar="TOP,LEFT", default="0,0", show_default=True, help="SDXL micro-conditioning.")
+@click.option("--target-size", metavar="WxH", default=None, help="SDXL micro-conditioning (default: the image size).")
 @click.option("--threads", type=int, default=None, help="CPU threads per model call (ort-*, torch).")
 @click.option("--engine-dir", type=click.Path(path_type=Path), default=None,
               help="trt: engines built by `sdrt build` (default ARTIFACT/trt).")
@@ -107,6 +132,7 @@ def export_cmd(model_dir: Path, out_dir: Optional[Path], max_size: Optional[int]
 def generate_cmd(prompt: str, artifact: Optional[Path], backend: str, steps: int, guidance: float,
                  seed: Optional[int], sampler: str, width: Optional[int], height: Optional[int],
                  negative: str, num_images: int, init_latents: Optional[Path], output: Path,
+                 original_size: Optional[str], crop_top_left: str, target_size: Optional[str],
                  threads: Optional[int], engine_dir: Optional[Path], cuda_graphs: bool, quiet: bool) -> None:
     """Generate images for PROMPT and write PNGs (prints their paths)."""
     from sdrt.runtime.generate import GenerateConfig, generate_to_files, load_init_latents
@@ -116,6 +142,8 @@ def generate_cmd(prompt: str, artifact: Optional[Path], backend: str, steps: int
         prompt=prompt, negative_prompt=negative, steps=steps, guidance=guidance, sampler=sampler,
         seed=seed, width=width, height=height, num_images=num_images,
         init_latents=load_init_latents(init_latents) if init_latents is not None else None,
+        original_size=_size(original_size, "--original-size"), crop_top_left=_crop(crop_top_left),
+        target_size=_size(target_size, "--target-size"),
     )
     if artifact is None:
         from sdrt.shipped import shipped_artifact

@@ -227,3 +227,28 @@ def test_export_into_a_non_artifact_directory(tiny_model_dirs, tmp_path):
     r = run("export", tiny_model_dirs["sd1"], "--out", tmp_path / "taken")
     assert_one_line_error(r, 1, "is not an sdrt artifact")
     assert (tmp_path / "taken" / "precious.txt").read_text() == "x"
+
+
+def test_generate_sdxl_micro_conditioning_options(tiny_xl_artifacts, tmp_path):
+    art = tiny_xl_artifacts["sdxl"]
+    base = ("generate", "a cat", "--artifact", art, "--steps", "2", "--seed", "3", "--sampler", "euler")
+    r1 = run(*base, "--output", tmp_path / "a.png")
+    r2 = run(*base, "--output", tmp_path / "b.png", "--original-size", "64x48", "--crop-top-left", "4,8")
+    assert r1.exit_code == 0 and r2.exit_code == 0, r1.output + r2.output
+    a = np.asarray(Image.open(tmp_path / "a.png"), dtype=int)
+    b = np.asarray(Image.open(tmp_path / "b.png"), dtype=int)
+    assert np.abs(a - b).max() > 0  # the conditioning reached the UNet
+    bad = run(*base, "--output", tmp_path / "c.png", "--original-size", "64")
+    assert bad.exit_code == 2 and "expected WIDTHxHEIGHT" in bad.output
+
+
+def test_micro_conditioning_is_refused_for_sd1(tiny_artifacts, tmp_path):
+    r = run(*GEN, "--artifact", tiny_artifacts["sd1"], "--crop-top-left", "4,8", "--output", tmp_path / "x.png")
+    assert_one_line_error(r, 2, "micro-conditioning")
+
+
+def test_torch_backend_runs_sdxl(tiny_xl_artifacts, tiny_xl_model_dirs, tmp_path):
+    """The PyTorch reference returns both outputs of SDXL's text_encoder_2."""
+    r = run("generate", "a cat", "--artifact", tiny_xl_artifacts["sdxl"], "--steps", "2", "--backend", "torch",
+            "--output", tmp_path / "t.png")
+    assert r.exit_code == 0, r.output

@@ -19,7 +19,6 @@ from sdrt.runtime.specs import resolve_dims
 
 from sdrt.export.onnx_export import random_feeds
 from sdrt.export.reference import diffusers_generate, diffusers_pipeline, psnr
-from sdrt.export.verify import ReferenceBackend
 
 PROMPT = "a red circle on a blue background"
 # (batch, height, width): native, smaller non-square, larger non-square
@@ -105,8 +104,8 @@ def test_component_parity_ort_vs_torch(tiny_xl_artifacts, tiny_xl_model_dirs, na
     m = artifact.manifest
     dims = resolve_dims(batch=batch, height=height, width=width, cfg=True, vae_scale_factor=m.vae_scale_factor)
     rng = np.random.default_rng(7)
-    with create_backend("ort-cpu", artifact) as ort, ReferenceBackend(
-        artifact, model_dir=tiny_xl_model_dirs[name]
+    with create_backend("ort-cpu", artifact) as ort, create_backend(
+        "torch", artifact, model_dir=tiny_xl_model_dirs[name]
     ) as ref:
         for comp, spec in m.components.items():
             feeds = random_feeds(spec, dims, rng, int_high=49408)
@@ -327,7 +326,7 @@ def test_fp16_unet_export_parity(tiny_xl_model_dirs, tiny_xl_artifacts, tmp_path
     dims = resolve_dims(batch=1, height=32, width=32, cfg=True, vae_scale_factor=m.vae_scale_factor)
     feeds = random_feeds(m.components["unet"], dims, np.random.default_rng(0), int_high=1)
     feeds["time_ids"] = np.tile(np.float32([32, 32, 0, 0, 32, 32]), (2, 1))
-    with create_backend("ort-cpu", art) as ort, ReferenceBackend(art, model_dir=tiny_xl_model_dirs["sdxl"]) as ref:
+    with create_backend("ort-cpu", art) as ort, create_backend("torch", art, model_dir=tiny_xl_model_dirs["sdxl"]) as ref:
         a, b = ort.run("unet", feeds)["out_sample"], ref.run("unet", feeds)["out_sample"]  # ref: fp32
     assert np.abs(a - b).max() < 1e-2 * np.abs(b).max()
 

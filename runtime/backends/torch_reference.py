@@ -62,7 +62,9 @@ class TorchBackend(Backend):
         # that share state (attention processors, caches): serialise them.
         with self._lock, torch.inference_mode():
             out = self._modules[spec.name](*args)
-        return {spec.output_names[0]: out.float().numpy().copy()}
+        # Multi-output components (SDXL's text_encoder_2: hidden states, text_embeds) return tuples.
+        outs = out if isinstance(out, tuple) else (out,)
+        return {name: o.float().numpy().copy() for name, o in zip(spec.output_names, outs)}
 
     def _close_impl(self) -> None:
         self._modules.clear()
