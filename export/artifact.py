@@ -245,6 +245,9 @@ def _build(source, tmp: Path, key: str, fingerprint: str, options: ExportOptions
         size_mb = sum(p.stat().st_size for p in tmp.glob(spec.file + "*")) / 2**20
         say(f"exported {name} -> {spec.file} ({size_mb:.1f} MB, {time.perf_counter() - t:.1f} s)")
     write_json_atomic(tmp / MANIFEST, manifest.to_json())
+    for p in tmp.rglob("*"):  # onnx writes external data 0600; an artifact is meant to be shared
+        if p.is_file():
+            p.chmod(0o644)
 
 
 def _replace_dir(tmp: Path, out: Path) -> None:

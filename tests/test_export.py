@@ -53,6 +53,7 @@ def test_external_data_goes_to_one_file(tiny_model_dirs, tmp_path, monkeypatch):
     for name, spec in art.manifest.components.items():
         data_files = sorted(p.name for p in art.path.iterdir() if p.name.startswith(spec.file))
         assert data_files == [spec.file, spec.file + ".data"]
+        assert (art.path / (spec.file + ".data")).stat().st_mode & 0o777 == 0o644
     assert sorted(p.name for p in art.path.iterdir() if p.is_file()) == sorted(
         [s.file for s in art.manifest.components.values()]
         + [s.file + ".data" for s in art.manifest.components.values()]
