@@ -77,7 +77,7 @@ class OrtLevers:
     io_binding: bool = False
 
     def label(self) -> str:
-        parts = [f"{k}={v}" for k, v in self.__dict__.items() if v not in (None, False)]
+        parts = [f"{k}={v}" for k, v in self.__dict__.items() if v is not None and (k != "io_binding" or v)]
         return ",".join(parts) or "defaults"
 
 

@@ -120,7 +120,7 @@ def write_chart(report: dict[str, Any], path: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
     names = [n for n, c in report["contenders"].items() if c["status"] == "ok"]
-    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.6 * max(1, len(names))))
+    fig, ax = plt.subplots(figsize=(10, 1.4 + 0.5 * max(1, len(names))))
     left = [0.0] * len(names)
     for stage in STAGES:
         vals = [report["contenders"][n]["stages_s"][stage]["p50"] or 0.0 for n in names]
@@ -130,7 +130,7 @@ def write_chart(report: dict[str, Any], path: str | Path) -> Path:
     ax.set_xlabel("seconds per image (median over rounds)")
     ax.set_title(f"{wl['name']} {wl['width']}², {wl['steps']} steps: time per stage")
     ax.invert_yaxis()
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.35 if len(names) < 3 else -0.2), ncol=3, fontsize=8)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -195,3 +195,20 @@ def validate_report(report: dict[str, Any]) -> None:
         elif not c["reason"]:
             raise ValueError(f"contender {name} is {c['status']} without a reason")
     json.dumps(report, allow_nan=False)  # must be plain JSON
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    """``python -m sdrt.benchmarks.report REPORT.json``: re-render REPORT.md and REPORT.png."""
+    import sys
+
+    for name in argv if argv is not None else sys.argv[1:]:
+        path = Path(name)
+        report = json.loads(path.read_text())
+        validate_report(report)
+        path.with_suffix(".md").write_text(render_markdown(report))
+        write_chart(report, path.with_suffix(".png"))
+        print(path.with_suffix(".md"))
+
+
+if __name__ == "__main__":
+    main()

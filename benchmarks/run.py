@@ -133,6 +133,9 @@ def run_benchmark(
     gflop_per_call = unet_gflop_per_call(wl.model_dir, unet_batch, size // f, size // f)
 
     entries = [_Entry(c) for c in (contenders if contenders is not None else _contenders(cfg, wl, threads))]
+    names = [e.contender.name for e in entries]
+    if len(set(names)) != len(names):
+        raise ValueError(f"contender names must be unique, got {names}")
     for e in entries:
         say(f"loading {e.contender.name}")
         rss0 = rss_bytes()

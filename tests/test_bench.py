@@ -235,6 +235,8 @@ def test_ort_levers_keep_the_output(tiny_artifacts):
         c.close()
     np.testing.assert_allclose(outs[0], outs[1], atol=1e-4)
     assert "io_binding=True" in SdrtContender(tiny_artifacts["sd1"], levers=OrtLevers(io_binding=True)).name
+    assert OrtLevers(intra_op_spinning=False).label() == "intra_op_spinning=False"
+    assert OrtLevers().label() == "defaults"
 
 
 # -- CLI ---------------------------------------------------------------------------
