@@ -263,9 +263,11 @@ class DiffusersContender(Contender):
         assert self.state is not None
         self.state.clock.reset()
         images = diffusers_generate(self.pipe, req, init_latents)
-        scaling = float(self.pipe.vae.config.scaling_factor)
-        latents = np.asarray(self.state.decode_input.detach().cpu().numpy() if hasattr(self.state.decode_input, "detach")
-                             else self.state.decode_input, dtype=np.float32) * scaling
+        # diffusers decodes latents / scaling_factor; sdrt reports latents before that division.
+        decoded = self.state.decode_input
+        if hasattr(decoded, "detach"):  # a torch tensor (diffusers); Optimum may pass numpy
+            decoded = decoded.detach().cpu().numpy()
+        latents = np.asarray(decoded, dtype=np.float32) * float(self.pipe.vae.config.scaling_factor)
         sec = self.state.clock.seconds
         stages = {s: sec.get(s, 0.0) for s in MEASURED_STAGES}
         return Sample(images, latents, stages, self.state.clock.calls.get("unet", 0))

@@ -42,7 +42,7 @@ STUDY: dict[str, Optional[OrtLevers]] = {
 TEXT_LEN = 77  # CLIP's context length in every SD 1.x/2.x text encoder
 
 
-def _unet_feeds(spec: Any, batch: int, latent: int, text_len: int, cross_dim: int) -> dict[str, np.ndarray]:
+def _unet_feeds(batch: int, latent: int, text_len: int, cross_dim: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(0)
     return {
         "sample": rng.standard_normal((batch, 4, latent, latent), dtype=np.float32),
@@ -109,7 +109,7 @@ def unet_lever_study(
     spec = m.components["unet"]
     latent = size // m.vae_scale_factor
     cross = int(json.loads((Path(model_dir) / "unet" / "config.json").read_text())["cross_attention_dim"])
-    feeds = _unet_feeds(spec, 2, latent, TEXT_LEN, cross)
+    feeds = _unet_feeds(2, latent, TEXT_LEN, cross)
     results: dict[str, Any] = {}
     reference_out: Optional[np.ndarray] = None
     for name, levers in (study or STUDY).items():
@@ -172,7 +172,7 @@ def render_levers_markdown(study: dict[str, Any]) -> str:
         f"{study['threads']} threads, median of {study['calls']} calls after one warm-up call; "
         f"median probe {study['median_probe_gflops']:.0f} GFLOP/s.",
         "",
-        "| configuration | s/call p50 (min–max) | probe before/after GFLOP/s | probe-adjusted s | vs ORT defaults (adjusted) | load s | first call s | max\\|Δ\\| vs first config |",
+        "| configuration | s/call p50 (min–max) | probe before/after GFLOP/s | probe-adjusted s | vs first row (adjusted) | load s | first call s | max\\|Δ\\| vs first config |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, r in study["configs"].items():
