@@ -108,3 +108,19 @@ def test_run_before_load_and_bad_feeds(tiny_artifacts):
         }
         with pytest.raises(BackendError, match=r"timestep: axis 0 \(cfg_batch\) is 3"):
             backend.run("unet", feeds)
+
+
+def test_session_config_entries_reach_onnxruntime(tiny_artifacts):
+    import numpy as np
+
+    art = Artifact.open(tiny_artifacts["sd1"])
+    feeds = {"input_ids": np.zeros((2, 77), np.int32)}
+    with create_backend("ort-cpu", art) as plain, create_backend(
+        "ort-cpu", art, session_config={"session.intra_op.allow_spinning": "0"}
+    ) as no_spin:
+        sess = no_spin._sessions["text_encoder"]
+        assert sess.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+        np.testing.assert_array_equal(
+            plain.run("text_encoder", feeds)["last_hidden_state"],
+            no_spin.run("text_encoder", feeds)["last_hidden_state"],
+        )
