@@ -205,12 +205,19 @@ class _Instrumented:
 
 
 def instrument_diffusers_pipeline(pipe: Any) -> _Instrumented:
-    """Wrap a diffusers ``StableDiffusionPipeline`` (or a subclass such as Optimum's) with
+    """Wrap a diffusers ``StableDiffusionPipeline`` / ``StableDiffusionXLPipeline`` (or a subclass such as Optimum's) with
     stage timers, and capture the VAE decoder's input (the final latents / scaling factor)."""
     state = _Instrumented()
     clock = state.clock
-    object.__setattr__(pipe, "tokenizer", _TokenizerProxy(pipe.tokenizer, clock))
-    pipe.text_encoder.forward = clock.wrap("text_encoder", pipe.text_encoder.forward)
+    # SDXL pipelines also have tokenizer_2 / text_encoder_2: both count into the same stages
+    # (sdrt times its two encoders into "text_encoder" too).
+    for attr in ("tokenizer", "tokenizer_2"):
+        if getattr(pipe, attr, None) is not None:
+            object.__setattr__(pipe, attr, _TokenizerProxy(getattr(pipe, attr), clock))
+    for attr in ("text_encoder", "text_encoder_2"):
+        encoder = getattr(pipe, attr, None)
+        if encoder is not None:
+            encoder.forward = clock.wrap("text_encoder", encoder.forward)
     pipe.unet.forward = clock.wrap("unet", pipe.unet.forward)
     decode = clock.wrap("vae_decoder", pipe.vae.decode)
 

@@ -129,7 +129,10 @@ def run_benchmark(
     f = manifest.vae_scale_factor
     lat_shape = (1, manifest.latent_channels, size // f, size // f)
     init = np.random.default_rng(cfg.seed).standard_normal(lat_shape, dtype=np.float32)
-    unet_batch = 2 if req.cfg else 1
+    from sdrt.runtime.conditioning import classifier_free_guidance
+
+    # LCM / guidance-embedding UNets take the guidance scale as an input: one batch, no CFG pair
+    unet_batch = 2 if classifier_free_guidance(req, manifest) else 1
     gflop_per_call = unet_gflop_per_call(wl.model_dir, unet_batch, size // f, size // f)
 
     entries = [_Entry(c) for c in (contenders if contenders is not None else _contenders(cfg, wl, threads))]

@@ -4,7 +4,10 @@
   and says so in the report);
 * ``tiny`` — the tiny SD1 fixture of the tests (overhead-dominated);
 * ``sd15`` — the full-size SD1.5 architecture from its config with random weights;
-* ``sdxl`` — refused until sdrt can export SDXL.
+* ``tiny-sdxl`` — the tiny SDXL fixture of the tests (``make_tiny_pipeline(dst, "sdxl")``: two
+  text encoders, added time conditioning; overhead-dominated, like ``tiny``);
+* ``sdxl`` — the full-size SDXL architecture is not built here (random-weight SDXL is ~10 GB
+  of fp32 weights); refused with a pointer to ``tiny-sdxl``.
 """
 
 from __future__ import annotations
@@ -17,8 +20,14 @@ from sdrt.errors import ConfigError, ModelDirError
 
 from .sd15_config import RANDOM_WEIGHTS_NOTE, make_sd15_random
 
-WORKLOADS = ("shipped", "tiny", "sd15", "sdxl")
+WORKLOADS = ("shipped", "tiny", "tiny-sdxl", "sd15", "sdxl")
 TINY_NOTE = "tiny SD1 fixture (sdrt.export.tiny, random weights): the model calls are tiny, so it measures what a runtime adds around them."
+TINY_SDXL_NOTE = (
+    "tiny SDXL fixture (sdrt.export.tiny family 'sdxl', random weights; StableDiffusionXLPipeline "
+    "reference): the model calls are tiny, so it measures what a runtime adds around them."
+)
+#: workload -> (model directory name under the cache root, sdrt.export.tiny family)
+_TINY = {"tiny": ("tiny-sd1", "sd1"), "tiny-sdxl": ("tiny-sdxl", "sdxl")}
 
 
 @dataclass(frozen=True)
@@ -49,7 +58,10 @@ def prepare_workload(
     if name not in WORKLOADS:
         raise ConfigError(f"unknown workload {name!r}; choose one of {list(WORKLOADS)}")
     if name == "sdxl":
-        raise ConfigError("the sdxl workload needs SDXL export, which sdrt does not have yet; use sd15")
+        raise ConfigError(
+            "the full-size sdxl workload is not built by sdrt bench (random-weight SDXL is ~10 GB of "
+            "fp32 weights); use --workload tiny-sdxl for the SDXL pipeline on the tiny fixture"
+        )
     root = Path(root) if root is not None else default_root()
     root.mkdir(parents=True, exist_ok=True)
 
@@ -72,17 +84,17 @@ def prepare_workload(
             res.artifact.manifest.default_size,
         )
 
-    model_dir = root / ("tiny-sd1" if name == "tiny" else "sd15-random")
+    model_dir = root / (_TINY[name][0] if name in _TINY else "sd15-random")
     if not (model_dir / "model_index.json").is_file():
         say(f"building {name} model at {model_dir}")
-        if name == "tiny":
+        if name in _TINY:
             from sdrt.export.tiny import make_tiny_pipeline
 
-            make_tiny_pipeline(model_dir, "sd1", seed=0)
+            make_tiny_pipeline(model_dir, _TINY[name][1], seed=0)
         else:
             make_sd15_random(model_dir, seed=0)
     res = export_artifact(model_dir, root / f"{model_dir.name}-art", progress=say)
-    note = TINY_NOTE if name == "tiny" else RANDOM_WEIGHTS_NOTE
+    note = {"tiny": TINY_NOTE, "tiny-sdxl": TINY_SDXL_NOTE}.get(name, RANDOM_WEIGHTS_NOTE)
     return Workload(
         name, name, model_dir, res.artifact.path, 0.0 if res.skipped else res.seconds, res.skipped,
         note, res.artifact.manifest.default_size,
@@ -95,6 +107,9 @@ def unet_gflop_per_call(model_dir: Path, batch: int, latent_h: int, latent_w: in
     ``torch.utils.flop_counter`` on CPU tensors undercounts attention (the fused CPU kernel
     is not counted); on the meta device SDPA decomposes into counted matmuls: 360 GFLOP at a
     32x32 latent, batch 2, for SD1.5 (docs/benchmarks.md).
+
+    SDXL-style UNets (``addition_embed_type == "text_time"``) also get zero ``text_embeds`` /
+    ``time_ids`` of the shapes the config implies; the FLOPs do not depend on their values.
     """
     import torch
     from diffusers import UNet2DConditionModel
@@ -107,6 +122,16 @@ def unet_gflop_per_call(model_dir: Path, batch: int, latent_h: int, latent_w: in
         sample = torch.empty(batch, int(unet.config.in_channels), latent_h, latent_w)
         timestep = torch.empty(batch)
         hidden = torch.empty(batch, text_len, cross)
+        kwargs = {}
+        if unet.config.addition_embed_type == "text_time":
+            n_time = 6  # original size, crop top-left, target size
+            text_dim = int(unet.config.projection_class_embeddings_input_dim) - n_time * int(
+                unet.config.addition_time_embed_dim
+            )
+            kwargs["added_cond_kwargs"] = {
+                "text_embeds": torch.zeros(batch, text_dim),
+                "time_ids": torch.zeros(batch, n_time),
+            }
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        unet(sample, timestep, encoder_hidden_states=hidden)
+        unet(sample, timestep, encoder_hidden_states=hidden, **kwargs)
     return counter.get_total_flops() / 1e9

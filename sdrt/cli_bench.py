@@ -34,9 +34,9 @@ def lever_preset(name: str):  # noqa: ANN201
 
 
 @click.command("bench")
-@click.option("--workload", type=click.Choice(["shipped", "tiny", "sd15", "sdxl"]), default="shipped",
-              show_default=True, help="shipped small model (tiny fixture if absent), tiny fixture, or SD1.5 "
-              "architecture with random weights.")
+@click.option("--workload", type=click.Choice(["shipped", "tiny", "tiny-sdxl", "sd15", "sdxl"]), default="shipped",
+              show_default=True, help="shipped small model (tiny fixture if absent), tiny SD1 fixture, tiny SDXL "
+              "fixture, or SD1.5 architecture with random weights (full-size sdxl is refused).")
 @click.option("--size", type=int, default=None, help="Image side in pixels (default: the model's native size).")
 @click.option("--steps", type=int, default=None, help="Sampling steps (default 8; 4 with --quick).")
 @click.option("--rounds", type=int, default=None, help="Measured interleaved rounds (default 5; 3 with --quick).")

@@ -213,6 +213,44 @@ def test_tiny_race_has_parity_with_the_reference(tiny_workload):
     assert {r["unet_calls"] for r in ref_runs(report, "diffusers")} == {2}
 
 
+def test_tiny_sdxl_workload_races_the_sdxl_pipeline(tmp_path):
+    """The tiny-sdxl workload: built and exported by prepare_workload, raced against diffusers'
+    StableDiffusionXLPipeline with parity; both text encoders counted; FLOPs counted."""
+    pytest.importorskip("diffusers")
+    from sdrt.benchmarks.contenders import DiffusersContender
+    from sdrt.benchmarks.report import validate_report
+    from sdrt.benchmarks.run import BenchConfig, run_benchmark
+    from sdrt.benchmarks.workloads import prepare_workload
+
+    wl = prepare_workload("tiny-sdxl", tmp_path)
+    assert (wl.name, wl.requested) == ("tiny-sdxl", "tiny-sdxl")
+    ref = DiffusersContender(wl.model_dir, "euler", threads=1)
+    ref.load()
+    assert type(ref.pipe).__name__ == "StableDiffusionXLPipeline"
+    req = GenerationRequest("a cat", steps=1, sampler="euler", seed=0, width=32, height=32)
+    ref.generate(req, np.zeros((1, 4, 4, 4), np.float32))
+    assert ref.state.clock.calls["text_encoder"] == 2  # text_encoder and text_encoder_2
+    ref.close()
+
+    cfg = BenchConfig(workload="tiny-sdxl", steps=2, rounds=1, warmup=0, probe_n=64, threads=1,
+                      optimum=False, root=tmp_path)
+    report = run_benchmark(cfg, workload=wl)
+    validate_report(report)
+    assert report["workload"]["unet_batch"] == 2 and report["workload"]["unet_gflop_per_call"] > 0
+    sd = report["contenders"]["sdrt-ort-cpu"]
+    assert sd["status"] == "ok" and report["contenders"]["diffusers"]["status"] == "ok"
+    assert sd["parity"]["image_psnr_db"] is None or sd["parity"]["image_psnr_db"] >= 40
+    assert report["contenders"]["diffusers"]["stages_s"]["text_encoder"]["p50"] > 0
+
+
+def test_full_size_sdxl_workload_points_to_tiny_sdxl(tmp_path):
+    from sdrt.benchmarks.workloads import prepare_workload
+    from sdrt.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="tiny-sdxl"):
+        prepare_workload("sdxl", tmp_path)
+
+
 def ref_runs(report, name):
     return [run for rnd in report["rounds"] for run in rnd["runs"] if run["contender"] == name]
 
