@@ -46,7 +46,7 @@ SDXL_BASE_UNET = {
 def make_tiny_pipeline(dst: str | Path, family: str = "sd1", *, seed: int = 0) -> Path:
     """Write a tiny diffusers ``StableDiffusionPipeline`` of ``family`` to ``dst``."""
     import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     if family in XL_FAMILIES:
@@ -57,33 +57,10 @@ def make_tiny_pipeline(dst: str | Path, family: str = "sd1", *, seed: int = 0) -
         raise ValueError(f"family must be one of {FAMILIES + XL_FAMILIES + LCM_FAMILIES}")
     sd2 = family == "sd2"
     dst = Path(dst)
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        sample_size=16,
-        in_channels=4,
-        out_channels=4,
-        layers_per_block=1,
-        block_out_channels=(32, 64),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=(2, 4) if sd2 else 8,
-        use_linear_projection=sd2,
-        upcast_attention=sd2,
-        norm_num_groups=16,
+    unet = _tiny_sd_unet(
+        seed, attention_head_dim=(2, 4) if sd2 else 8, use_linear_projection=sd2, upcast_attention=sd2
     )
-    torch.manual_seed(seed + 1)
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        block_out_channels=(16, 32),
-        latent_channels=4,
-        norm_num_groups=16,
-        sample_size=32,
-        scaling_factor=0.5,
-    )
+    vae = _tiny_vae(seed + 1, scaling_factor=0.5)
     torch.manual_seed(seed + 2)
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
@@ -145,6 +122,27 @@ def _tiny_clip(seed: int, *, projection: bool, hidden_act: str = "gelu", pad_tok
         pad_token_id=pad_token_id,
     )
     return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config)
+
+
+def _tiny_sd_unet(seed: int, **overrides):
+    """The SD 1.x / 2.x-shaped tiny UNet; ``overrides`` set the family's differences."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    config = dict(
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=16,
+    )
+    return UNet2DConditionModel(**{**config, **overrides})
 
 
 def _tiny_vae(seed: int, *, scaling_factor: float):
@@ -234,25 +232,11 @@ def make_tiny_xl_pipeline(dst: str | Path, *, turbo: bool = False, seed: int = 0
 def make_tiny_lcm_pipeline(dst: str | Path, *, seed: int = 0) -> Path:
     """Write a tiny ``LatentConsistencyModelPipeline``: an SD1 UNet with a guidance embedding
     (``time_cond_proj_dim``, as in SimianLuo/LCM_Dreamshaper_v7) and its LCMScheduler."""
-    import torch
-    from diffusers import LatentConsistencyModelPipeline, LCMScheduler, UNet2DConditionModel
+    from diffusers import LatentConsistencyModelPipeline, LCMScheduler
     from transformers import CLIPTokenizer
 
     dst = Path(dst)
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        sample_size=16,
-        in_channels=4,
-        out_channels=4,
-        layers_per_block=1,
-        block_out_channels=(32, 64),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=8,
-        norm_num_groups=16,
-        time_cond_proj_dim=32,
-    )
+    unet = _tiny_sd_unet(seed, time_cond_proj_dim=32)
     vae = _tiny_vae(seed + 1, scaling_factor=0.5)
     text_encoder = _tiny_clip(seed + 2, projection=False, hidden_act="quick_gelu", pad_token_id=49407)
     scheduler = LCMScheduler(  # SimianLuo/LCM_Dreamshaper_v7 scheduler_config.json
